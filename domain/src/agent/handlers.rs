@@ -1,0 +1,426 @@
+//! Command handling: one helper per command, each returning the events to
+//! emit. See the tables in [`crate::agent`] for the rules.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::command::AgentCommand;
+use super::error::AgentError;
+use super::event::AgentEvent;
+use super::state::{Agent, DesiredState, Health, ProcessIdentity, ProcessStatus, RecoveryStatus};
+use crate::backoff::{self, ExitKind, RestartDecision};
+use crate::id::AgentId;
+use crate::spec::{AgentSpec, RecoveryPolicy, RecoveryStrategy};
+
+type Events = Result<Vec<AgentEvent>, AgentError>;
+
+/// No events: the command is already satisfied.
+fn none() -> Events {
+    Ok(Vec::new())
+}
+
+fn one(event: AgentEvent) -> Events {
+    Ok(vec![event])
+}
+
+impl Agent {
+    /// The events `command` produces in the current state, or why it is
+    /// refused. Pure: it does not change `self`.
+    pub fn events_for(&self, command: AgentCommand) -> Events {
+        use AgentCommand as C;
+        if let C::Register { agent_id, spec } = command {
+            return self.register(agent_id, spec);
+        }
+        let spec = self.live_spec()?;
+        match command {
+            C::Register { .. } => Err(AgentError::AlreadyRegistered),
+            C::UpdatePackage { spec: new } => self.update_package(spec, new),
+            C::UpdateConfig {
+                expected_version,
+                config,
+            } => self.update_config(expected_version, config),
+            C::RollbackConfig { to_version } => self.rollback_config(to_version),
+            C::Start => self.start(),
+            C::Stop => self.stop(),
+            C::Restart => self.restart(),
+            C::Deregister => self.deregister(),
+            C::TriggerRecovery { strategy, reason } => {
+                self.trigger_recovery(spec, strategy, reason)
+            }
+            C::SetRecoveryPolicy { policy } => set_recovery_policy(policy),
+            C::CompleteRecovery { succeeded, error } => self.complete_recovery(succeeded, error),
+            C::ReportProcessStarted { node, identity, at } => {
+                self.process_started(node, identity, at)
+            }
+            C::ReportProcessExited {
+                pid,
+                code,
+                signal,
+                at,
+                jitter_sample,
+            } => self.process_exited(
+                spec,
+                Exit {
+                    pid,
+                    code,
+                    signal,
+                    at,
+                },
+                jitter_sample,
+            ),
+            C::ReportStopped { at } => self.stopped(at),
+            C::ReportHealth { health, reason } => self.report_health(health, reason),
+            C::ReportHeartbeatLost { last_seen } => self.heartbeat_lost(last_seen),
+            C::ReportLimitExceeded {
+                resource,
+                limit,
+                observed,
+                window_ms,
+            } => self.limit_exceeded(AgentEvent::ResourceLimitExceeded {
+                resource,
+                limit,
+                observed,
+                window_ms,
+            }),
+            C::RecordError {
+                severity,
+                category,
+                error_type,
+                message,
+                context,
+            } => one(AgentEvent::ErrorRecorded {
+                severity,
+                category,
+                error_type,
+                message,
+                context,
+            }),
+        }
+    }
+
+    /// The spec of a registered, not deregistered agent.
+    fn live_spec(&self) -> Result<&AgentSpec, AgentError> {
+        if self.deregistered {
+            return Err(AgentError::Deregistered);
+        }
+        self.spec.as_ref().ok_or(AgentError::NotRegistered)
+    }
+
+    fn invalid(&self, command: &'static str) -> AgentError {
+        AgentError::InvalidTransition {
+            command,
+            status: self.status,
+            desired: self.desired,
+        }
+    }
+
+    fn register(&self, agent_id: AgentId, spec: AgentSpec) -> Events {
+        if self.deregistered {
+            return Err(AgentError::Deregistered);
+        }
+        if self.registered {
+            return Err(AgentError::AlreadyRegistered);
+        }
+        spec.validate()?;
+        one(AgentEvent::AgentRegistered { agent_id, spec })
+    }
+
+    fn update_package(&self, current: &AgentSpec, mut spec: AgentSpec) -> Events {
+        spec.validate()?;
+        spec.config = self.config().unwrap_or(&current.config).clone();
+        if spec == *current {
+            return none();
+        }
+        one(AgentEvent::PackageUpdated {
+            spec,
+            spec_version: self.spec_version.saturating_add(1),
+        })
+    }
+
+    fn update_config(&self, expected: u32, config: Value) -> Events {
+        if expected != self.config_version {
+            return Err(AgentError::VersionConflict {
+                expected,
+                actual: self.config_version,
+            });
+        }
+        if !config.is_object() {
+            return Err(AgentError::validation("config", "must be a JSON object"));
+        }
+        one(AgentEvent::ConfigUpdated {
+            version: self.config_version.saturating_add(1),
+            config,
+            previous_version: self.config_version,
+        })
+    }
+
+    fn rollback_config(&self, to_version: u32) -> Events {
+        let unknown = AgentError::UnknownConfigVersion {
+            requested: to_version,
+            latest: self.config_version,
+        };
+        if to_version == 0 || to_version >= self.config_version {
+            return Err(unknown);
+        }
+        let index = usize::try_from(to_version - 1).map_err(|_| unknown.clone())?;
+        let config = self.configs.get(index).ok_or(unknown)?.clone();
+        one(AgentEvent::ConfigRolledBack {
+            version: self.config_version.saturating_add(1),
+            to_version,
+            config,
+        })
+    }
+
+    fn start(&self) -> Events {
+        use ProcessStatus as S;
+        match (self.status, self.desired) {
+            (S::Registered | S::Stopped | S::Failed, _) => one(AgentEvent::StartRequested),
+            (_, DesiredState::Running) => none(),
+            _ => Err(self.invalid("start")),
+        }
+    }
+
+    fn stop(&self) -> Events {
+        use ProcessStatus as S;
+        match (self.status, self.desired) {
+            (S::Starting | S::Running | S::Degraded, _) => one(AgentEvent::StopRequested),
+            (_, DesiredState::Running) => one(AgentEvent::StopRequested),
+            (_, DesiredState::Stopped) => none(),
+        }
+    }
+
+    fn restart(&self) -> Events {
+        use ProcessStatus as S;
+        match self.status {
+            S::Running | S::Degraded | S::Backoff | S::Failed => one(AgentEvent::RestartRequested),
+            _ => Err(self.invalid("restart")),
+        }
+    }
+
+    fn deregister(&self) -> Events {
+        use ProcessStatus as S;
+        match (self.status, self.desired) {
+            (S::Registered | S::Stopped | S::Failed, DesiredState::Stopped) => {
+                one(AgentEvent::AgentDeregistered)
+            }
+            _ => Err(self.invalid("deregister")),
+        }
+    }
+
+    fn trigger_recovery(
+        &self,
+        spec: &AgentSpec,
+        strategy: RecoveryStrategy,
+        reason: String,
+    ) -> Events {
+        if self.desired == DesiredState::Stopped {
+            return Err(self.invalid("trigger recovery"));
+        }
+        if self.recovery == RecoveryStatus::InProgress {
+            return Err(AgentError::RecoveryInProgress {
+                attempt: self.recovery_attempts,
+            });
+        }
+        if strategy == RecoveryStrategy::None {
+            return Err(AgentError::validation(
+                "strategy",
+                "`none` does not recover anything",
+            ));
+        }
+        let max_attempts = spec.recovery.max_attempts;
+        if self.recovery_attempts >= max_attempts {
+            return Err(AgentError::RecoveryExhausted {
+                attempts: self.recovery_attempts,
+                max_attempts,
+            });
+        }
+        one(AgentEvent::RecoveryTriggered {
+            strategy,
+            reason,
+            attempt: self.recovery_attempts.saturating_add(1),
+        })
+    }
+
+    fn complete_recovery(&self, succeeded: bool, error: Option<String>) -> Events {
+        if self.recovery != RecoveryStatus::InProgress {
+            return Err(AgentError::NoRecoveryInProgress);
+        }
+        one(AgentEvent::RecoveryCompleted { succeeded, error })
+    }
+
+    fn process_started(
+        &self,
+        node: String,
+        identity: ProcessIdentity,
+        at: DateTime<Utc>,
+    ) -> Events {
+        use ProcessStatus as S;
+        if identity.pid == 0 {
+            return Err(AgentError::validation("identity.pid", "must not be 0"));
+        }
+        if self.desired == DesiredState::Stopped {
+            return Err(AgentError::stale(format!(
+                "pid {} started but the agent is meant to be stopped",
+                identity.pid
+            )));
+        }
+        match self.status {
+            S::Starting | S::Backoff | S::Failed => {
+                one(AgentEvent::ProcessStarted { node, identity, at })
+            }
+            S::Running | S::Degraded if self.pid == Some(identity.pid) => none(),
+            status => Err(AgentError::stale(format!(
+                "pid {} started while the agent is {status} with pid {}",
+                identity.pid,
+                self.pid
+                    .map_or_else(|| "none".to_owned(), |p| p.to_string()),
+            ))),
+        }
+    }
+
+    fn process_exited(&self, spec: &AgentSpec, exit: Exit, jitter_sample: f64) -> Events {
+        if !(0.0..=1.0).contains(&jitter_sample) {
+            return Err(AgentError::validation("jitter_sample", "must be in [0, 1]"));
+        }
+        match self.pid {
+            None => {
+                return Err(AgentError::stale(format!(
+                    "exit of pid {} reported but no process is running",
+                    exit.pid
+                )));
+            }
+            Some(current) if current != exit.pid => {
+                return Err(AgentError::stale(format!(
+                    "exit of pid {} reported but the current pid is {current}",
+                    exit.pid
+                )));
+            }
+            Some(_) => {}
+        }
+        let decision = match (self.status, self.desired) {
+            (ProcessStatus::Stopping, DesiredState::Running) => RestartDecision::Restart {
+                delay_ms: 0,
+                attempt: 1,
+            },
+            (_, DesiredState::Stopped) => RestartDecision::DoNotRestart,
+            _ => backoff::decide(
+                &spec.restart,
+                &self.restart_window,
+                ExitKind::from_exit(exit.code, exit.signal),
+                self.ran_for_ms(exit.at),
+                exit.at,
+                jitter_sample,
+            ),
+        };
+        let mut events = vec![exit.event(decision)];
+        if let RestartDecision::GiveUp { restarts_in_period } = decision {
+            events.push(AgentEvent::AgentFailed {
+                reason: format!(
+                    "{restarts_in_period} restarts within {} ms; last exit: {}",
+                    spec.restart.period_ms,
+                    exit.describe()
+                ),
+                restarts_in_period,
+            });
+        }
+        Ok(events)
+    }
+
+    fn stopped(&self, at: DateTime<Utc>) -> Events {
+        use ProcessStatus as S;
+        match self.status {
+            S::Stopping => one(AgentEvent::ProcessStopped { at }),
+            S::Starting | S::Running | S::Degraded => Err(AgentError::stale(format!(
+                "stop reported while the agent is {} (desired {}): report the exit instead",
+                self.status, self.desired
+            ))),
+            S::Registered | S::Stopped | S::Backoff | S::Failed => none(),
+        }
+    }
+
+    /// Health reports need a running process.
+    fn require_running(&self, what: &str) -> Result<(), AgentError> {
+        match self.status {
+            ProcessStatus::Running | ProcessStatus::Degraded => Ok(()),
+            status => Err(AgentError::stale(format!(
+                "{what} reported while the agent is {status}"
+            ))),
+        }
+    }
+
+    fn report_health(&self, health: Health, reason: String) -> Events {
+        self.require_running("health")?;
+        if health == self.health {
+            return none();
+        }
+        one(AgentEvent::HealthChanged {
+            from: self.health,
+            to: health,
+            reason,
+        })
+    }
+
+    fn heartbeat_lost(&self, last_seen: Option<DateTime<Utc>>) -> Events {
+        self.require_running("heartbeat loss")?;
+        if self.heartbeat_lost {
+            return none();
+        }
+        let mut events = vec![AgentEvent::HeartbeatLost { last_seen }];
+        if self.health != Health::Critical {
+            events.push(AgentEvent::HealthChanged {
+                from: self.health,
+                to: Health::Critical,
+                reason: "heartbeat lost".to_owned(),
+            });
+        }
+        Ok(events)
+    }
+
+    fn limit_exceeded(&self, event: AgentEvent) -> Events {
+        if self.pid.is_none() {
+            return Err(AgentError::stale(format!(
+                "resource limit reported while the agent is {} without a process",
+                self.status
+            )));
+        }
+        if let AgentEvent::ResourceLimitExceeded { resource, .. } = &event
+            && resource.trim().is_empty()
+        {
+            return Err(AgentError::validation("resource", "must not be empty"));
+        }
+        one(event)
+    }
+}
+
+fn set_recovery_policy(policy: RecoveryPolicy) -> Events {
+    policy.validate()?;
+    one(AgentEvent::RecoveryPolicySet { policy })
+}
+
+/// A reported exit, before a decision is attached.
+struct Exit {
+    pid: u32,
+    code: Option<i32>,
+    signal: Option<i32>,
+    at: DateTime<Utc>,
+}
+
+impl Exit {
+    fn event(&self, decision: RestartDecision) -> AgentEvent {
+        AgentEvent::ProcessExited {
+            pid: self.pid,
+            code: self.code,
+            signal: self.signal,
+            at: self.at,
+            decision,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            (Some(code), None) => format!("exit code {code}"),
+            (None, None) => "unknown".to_owned(),
+        }
+    }
+}

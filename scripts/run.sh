@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The run command: installs nats-server and PostgreSQL from Debian's packages
+# if missing, builds OPMAS and runs `opmas dev`, which starts a private
+# nats-server and PostgreSQL in ./.opmas (unless OPMAS_DATABASE_URL /
+# OPMAS_NATS_URL point elsewhere). Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+need=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bin opmas
+exec target/release/opmas dev "$@"

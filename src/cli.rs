@@ -1,0 +1,185 @@
+//! Command line and configuration. Every option can also come from an
+//! `OPMAS_*` environment variable; `--dump-config` prints the result.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use opmas_store::StreamSettings;
+use serde_json::json;
+
+/// OPMAS: runs and watches fleets of agents.
+#[derive(Debug, Parser)]
+#[command(name = "opmas", version, about)]
+pub struct Cli {
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// PostgreSQL URL of the event store (unset: `opmas dev` starts its own).
+    #[arg(long, global = true, env = "OPMAS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// NATS URL (unset: `opmas dev` starts its own nats-server).
+    #[arg(long, global = true, env = "OPMAS_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Maximum Postgres connections of this process.
+    #[arg(long, global = true, env = "OPMAS_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+    /// Name of the JetStream stream holding domain events.
+    #[arg(long, global = true, env = "OPMAS_EVENTS_STREAM", default_value = "OPMAS_EVENTS")]
+    pub events_stream: String,
+    /// Subject prefix of domain events (`<prefix>.agent.<id>.<EventType>`).
+    #[arg(long, global = true, env = "OPMAS_EVENTS_SUBJECT_PREFIX", default_value = "opmas.events")]
+    pub events_subject_prefix: String,
+    /// Replicas of the events stream (3 in a NATS cluster).
+    #[arg(long, global = true, env = "OPMAS_EVENTS_REPLICAS", default_value_t = 1)]
+    pub events_replicas: usize,
+    /// Max age of event messages, e.g. `30d`; `0s` keeps them forever.
+    #[arg(long, global = true, env = "OPMAS_EVENTS_MAX_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub events_max_age: Duration,
+    /// Duplicate window of the events stream (dedupe of re-publishes).
+    #[arg(long, global = true, env = "OPMAS_EVENTS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub events_duplicate_window: Duration,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, global = true, env = "OPMAS_LOG", default_value = "info")]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, global = true, env = "OPMAS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long, global = true)]
+    pub dump_config: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations (idempotent).
+    Migrate,
+    /// Run the outbox relay (event store → JetStream).
+    Relay(RelayArgs),
+    /// Inspect and repair the event log.
+    Events {
+        /// What to do.
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Run everything on this machine; starts private Postgres and NATS when
+    /// no URLs are configured. Stops them on Ctrl-C.
+    Dev(DevArgs),
+}
+
+/// `opmas events ...`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Compare the Postgres event store with the events stream.
+    Verify(VerifyArgs),
+}
+
+/// `opmas relay`
+#[derive(Debug, Args, Clone)]
+pub struct RelayArgs {
+    /// Relay name (one active relay per name and database).
+    #[arg(long, env = "OPMAS_RELAY_NAME", default_value = "default")]
+    pub relay_name: String,
+    /// Outbox rows per published batch.
+    #[arg(long, env = "OPMAS_RELAY_BATCH", default_value_t = 2000)]
+    pub relay_batch: i64,
+    /// Safety-net sweep interval.
+    #[arg(long, env = "OPMAS_RELAY_SWEEP", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub relay_sweep: Duration,
+}
+
+/// `opmas events verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Queue what is missing or misordered for re-publication and wait for it.
+    #[arg(long)]
+    pub repair: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output format of reports.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Human-readable text.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// `opmas dev`
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where private Postgres and NATS keep their data.
+    #[arg(long, env = "OPMAS_DATA_DIR", default_value = ".opmas")]
+    pub data_dir: PathBuf,
+    /// Relay settings.
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+impl Global {
+    /// The events stream settings from the options.
+    pub fn stream(&self) -> StreamSettings {
+        StreamSettings {
+            name: self.events_stream.clone(),
+            subject_prefix: self.events_subject_prefix.clone(),
+            replicas: self.events_replicas,
+            max_age: self.events_max_age,
+            duplicate_window: self.events_duplicate_window,
+        }
+    }
+}
+
+impl Cli {
+    /// The effective configuration, secrets in URLs masked.
+    pub fn dump(&self) -> serde_json::Value {
+        let g = &self.global;
+        json!({
+            "database_url": g.database_url.as_deref().map(mask),
+            "nats_url": g.nats_url.as_deref().map(mask),
+            "db_max_connections": g.db_max_connections,
+            "events_stream": g.events_stream,
+            "events_subject_prefix": g.events_subject_prefix,
+            "events_replicas": g.events_replicas,
+            "events_max_age": humantime::format_duration(g.events_max_age).to_string(),
+            "events_duplicate_window": humantime::format_duration(g.events_duplicate_window).to_string(),
+            "log": g.log,
+            "log_format": format!("{:?}", g.log_format).to_lowercase(),
+            "command": format!("{:?}", self.command),
+        })
+    }
+}
+
+/// Hides a password in a URL (`postgres://u:secret@h` → `postgres://u:***@h`).
+pub fn mask(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

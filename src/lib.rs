@@ -1,0 +1,39 @@
+//! The `opmas` command: the roles and tools of the control plane in one binary.
+//!
+//! # Layout
+//! - [`cli`]: clap definitions (every option has an `OPMAS_*` variable).
+//! - [`telemetry`]: tracing subscriber (text or JSON).
+//! - [`cmd`]: one module per subcommand (`migrate`, `relay`, `events`, `dev`).
+//! - [`infra`]: connecting to Postgres and NATS, or starting private ones.
+
+pub mod cli;
+pub mod cmd;
+pub mod infra;
+pub mod telemetry;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command, EventsCommand};
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.global.dump_config {
+        println_out(&serde_json::to_string_pretty(&cli.dump())?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match cli.command {
+        Command::Migrate => cmd::migrate::run(&cli.global).await,
+        Command::Relay(relay) => cmd::relay::run(&cli.global, &relay).await,
+        Command::Events {
+            command: EventsCommand::Verify(args),
+        } => cmd::events::verify(&cli.global, &args).await,
+        Command::Dev(dev) => cmd::dev::run(&cli.global, &dev).await,
+    }
+}
+
+/// Writes a line to standard output (command results, not logs).
+pub fn println_out(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}

@@ -1,0 +1,29 @@
+//! The write side's durable parts: the Postgres event store (with snapshots,
+//! so history length does not slow commands), the command executor for the
+//! `Agent` aggregate, the transactional outbox relay that publishes every
+//! committed event to JetStream exactly once, and the audit check that
+//! compares the two.
+//!
+//! # Layout
+//! - [`db`]: pool and migrations (`migrations/` at the workspace root).
+//! - [`event_store`]: [`PgEventStore`], a `cqrs_es::EventStore`: one query to
+//!   load (snapshot + tail), one statement to commit (events + snapshot).
+//! - [`commands`]: [`AgentStore`], runs a command against the aggregate.
+//! - [`stream`]: JetStream stream settings, subjects and message ids.
+//! - [`relay`]: [`Relay`], outbox → `OPMAS_EVENTS`.
+//! - [`verify`]: `opmas events verify`: store vs stream, and repair.
+//! - [`error`]: [`Error`].
+
+pub mod commands;
+pub mod db;
+pub mod error;
+pub mod event_store;
+pub mod relay;
+pub mod stream;
+pub mod verify;
+
+pub use commands::{AgentStore, CommandError};
+pub use error::Error;
+pub use event_store::PgEventStore;
+pub use relay::{Relay, RelayConfig};
+pub use stream::StreamSettings;

@@ -1,0 +1,130 @@
+//! The event store itself: snapshots, upcasting on load, postgres-es
+//! compatibility of the tables, and the outbox trigger.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use cqrs_es::persist::PersistedEventRepository;
+use opmas_domain::{Agent, AgentEvent, ProcessStatus};
+use opmas_store::AgentStore;
+
+/// With snapshots every 32 events, loading an agent of 100 events reads the
+/// snapshot at 96 plus 4 events, and equals a full replay.
+#[tokio::test]
+async fn snapshot_plus_tail_equals_full_replay() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    store.execute("snap", register("snap"), meta("test")).await.unwrap();
+    store.execute("snap", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
+    for n in 0..98 {
+        store.execute("snap", record_error(n), meta("test")).await.unwrap();
+    }
+    let (snap_seq, current): (i64, i64) = sqlx::query_as(
+        "select last_sequence, current_snapshot from snapshots where aggregate_id = 'snap'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((snap_seq, current), (96, 3));
+
+    let (loaded, seq) = store.load("snap").await.unwrap();
+    let replay = AgentStore::new(db.pool.clone()).with_snapshot_every(0);
+    let (replayed, replay_seq) = replay.load("snap").await.unwrap();
+    assert_eq!(seq, 100);
+    assert_eq!(replay_seq, 100);
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&replayed).unwrap()
+    );
+    assert_eq!(loaded.status, ProcessStatus::Starting);
+    assert_eq!(loaded.last_error.as_deref(), Some("error 97"));
+
+    // A snapshot of another layout version, or one that does not decode, is
+    // ignored and the agent is rebuilt from its events.
+    for bad in [
+        r#"{"snapshot_version": 999, "state": {}}"#,
+        r#"{"snapshot_version": 1, "state": {"status": 42}}"#,
+        r#"{"not": "an agent"}"#,
+    ] {
+        sqlx::query("update snapshots set payload = $1::json")
+            .bind(bad)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let (rebuilt, _) = store.load("snap").await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&rebuilt).unwrap(),
+            serde_json::to_value(&replayed).unwrap(),
+            "snapshot {bad}"
+        );
+    }
+    db.cleanup().await;
+}
+
+/// Every committed event gets an outbox row in the same transaction; a
+/// rejected command writes nothing at all.
+#[tokio::test]
+async fn outbox_rows_follow_commits_only() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    store.execute("ob", register("ob"), meta("test")).await.unwrap();
+    let err = store.execute("ob", register("ob"), meta("test")).await.unwrap_err();
+    assert!(matches!(
+        err,
+        opmas_store::CommandError::Rejected(opmas_domain::AgentError::AlreadyRegistered)
+    ));
+    store.execute("ob", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
+    // Start again is satisfied already: no event, no outbox row.
+    let none = store.execute("ob", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
+    assert!(none.is_empty());
+    let outbox: Vec<(String, i64)> =
+        sqlx::query_as("select aggregate_id, sequence from outbox order by id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(outbox, vec![("ob".to_string(), 1), ("ob".to_string(), 2)]);
+    assert_eq!(store_events(&db.pool).await.len(), 2);
+    db.cleanup().await;
+}
+
+/// A `ProcessExited` stored at version 1.0 (before `signal` and `decision`
+/// existed) is upcast when the agent is loaded from the database.
+#[tokio::test]
+async fn old_event_versions_are_upcast_on_load() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    store.execute("old", register("old"), meta("test")).await.unwrap();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         values ('Agent', 'old', 2, 'ProcessExited', '1.0', \
+         '{\"ProcessExited\":{\"pid\":42,\"exit_code\":3,\"at\":\"2026-01-01T00:00:00Z\"}}', '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let events = store.events("old").await.unwrap();
+    match &events[1].payload {
+        AgentEvent::ProcessExited { pid, code, signal, .. } => {
+            assert_eq!((*pid, *code, *signal), (42, Some(3), None));
+        }
+        other => panic!("not upcast: {other:?}"),
+    }
+    db.cleanup().await;
+}
+
+/// The tables keep postgres-es's layout: its own repository reads our events.
+#[tokio::test]
+async fn postgres_es_reads_our_tables() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    store.execute("compat", register("compat"), meta("alice")).await.unwrap();
+    store.execute("compat", record_error(1), meta("alice")).await.unwrap();
+    let repo = postgres_es::PostgresEventRepository::new(db.pool.clone());
+    let events = repo.get_events::<Agent>("compat").await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event_type, "AgentRegistered");
+    assert_eq!(events[1].sequence, 2);
+    assert_eq!(events[1].metadata["actor"], "alice");
+    db.cleanup().await;
+}
