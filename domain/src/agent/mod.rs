@@ -56,14 +56,13 @@
 mod command;
 mod error;
 mod event;
+mod facts;
 mod handlers;
 mod state;
 mod upcast;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_facts;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;

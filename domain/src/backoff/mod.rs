@@ -157,5 +157,4 @@ fn normalized(
 }
 
 #[cfg(test)]
-#[path = "backoff_tests.rs"]
 mod tests;

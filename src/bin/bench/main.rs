@@ -1,0 +1,37 @@
+//! `bench`: prints the performance figures recorded in docs/benchmarks.md.
+//!
+//! `cargo run --release --bin bench -- spine` measures, in one run and side by
+//! side: (a) raw single-row insert transactions from 32 tasks, (b) our
+//! commands/s from 32 tasks over 1,000 agents, (c) commands/s on one agent at
+//! its 1st and 100,000th event, (d) commit → visible on JetStream latency at
+//! 1,000 commands/s, (e) relay backlog drain rate after NATS returns.
+//! It uses a fresh database on the Postgres at `OPMAS_BENCH_DATABASE_URL` and
+//! its own stream on the nats-server at `OPMAS_BENCH_NATS_URL`.
+
+use clap::{Parser, Subcommand};
+
+mod spine;
+
+/// Benchmarks of OPMAS.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand)]
+enum Which {
+    /// Event store, commands and relay (issue: the spine).
+    Spine(spine::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().which {
+        Which::Spine(args) => spine::run(args).await,
+    }
+}
