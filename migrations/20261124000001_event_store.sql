@@ -25,7 +25,9 @@ create table snapshots
     primary key (aggregate_type, aggregate_id)
 );
 
--- Transactional outbox: one row per committed event, written by a trigger in
+-- Transactional outbox (no NOTIFY in here: a notifying transaction takes a
+-- global lock at commit, which halved command throughput; writers poke the
+-- relay after commit instead, see docs/adr/0003). One row per committed event, written by a trigger in
 -- the same transaction as the event insert, deleted by the relay once
 -- JetStream has acknowledged the publish. `id` follows insertion order, and an
 -- agent's event N+1 can only be inserted after N committed, so ordering by id
@@ -51,7 +53,6 @@ begin
     select aggregate_type, aggregate_id, sequence
     from new_events
     order by aggregate_id, sequence;
-    perform pg_notify('opmas_outbox', '');
     return null;
 end
 $$;

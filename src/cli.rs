@@ -30,16 +30,36 @@ pub struct Global {
     #[arg(long, global = true, env = "OPMAS_NATS_URL")]
     pub nats_url: Option<String>,
     /// Maximum Postgres connections of this process.
-    #[arg(long, global = true, env = "OPMAS_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_DB_MAX_CONNECTIONS",
+        default_value_t = 32
+    )]
     pub db_max_connections: u32,
     /// Name of the JetStream stream holding domain events.
-    #[arg(long, global = true, env = "OPMAS_EVENTS_STREAM", default_value = "OPMAS_EVENTS")]
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_EVENTS_STREAM",
+        default_value = "OPMAS_EVENTS"
+    )]
     pub events_stream: String,
     /// Subject prefix of domain events (`<prefix>.agent.<id>.<EventType>`).
-    #[arg(long, global = true, env = "OPMAS_EVENTS_SUBJECT_PREFIX", default_value = "opmas.events")]
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_EVENTS_SUBJECT_PREFIX",
+        default_value = "opmas.events"
+    )]
     pub events_subject_prefix: String,
     /// Replicas of the events stream (3 in a NATS cluster).
-    #[arg(long, global = true, env = "OPMAS_EVENTS_REPLICAS", default_value_t = 1)]
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_EVENTS_REPLICAS",
+        default_value_t = 1
+    )]
     pub events_replicas: usize,
     /// Max age of event messages, e.g. `30d`; `0s` keeps them forever.
     #[arg(long, global = true, env = "OPMAS_EVENTS_MAX_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -176,7 +196,12 @@ pub fn mask(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }

@@ -28,7 +28,11 @@ async fn backlog(db: &TestDb) -> i64 {
     opmas_store::relay::backlog(&db.pool).await.unwrap()
 }
 
-async fn settled_report(db: &TestDb, client: &async_nats::Client, settings: &StreamSettings) -> Report {
+async fn settled_report(
+    db: &TestDb,
+    client: &async_nats::Client,
+    settings: &StreamSettings,
+) -> Report {
     assert!(
         eventually(Duration::from_secs(30), || async { backlog(db).await == 0 }).await,
         "outbox not drained"
@@ -64,7 +68,10 @@ async fn thousand_commands_from_32_tasks_reach_the_stream_identically() {
                     break;
                 }
                 let id = &agents[n % agents.len()];
-                store.execute_with_retry(id, record_error(n), meta("test"), 50).await.unwrap();
+                store
+                    .execute_with_retry(id, record_error(n), meta("test"), 50)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -74,13 +81,20 @@ async fn thousand_commands_from_32_tasks_reach_the_stream_identically() {
     let events = store_events(&db.pool).await;
     assert_eq!(events.len(), 1_000);
     for id in &agents {
-        let seqs: Vec<i64> = events.iter().filter(|(a, _)| a == id).map(|(_, s)| *s).collect();
+        let seqs: Vec<i64> = events
+            .iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, s)| *s)
+            .collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<i64>>(), "agent {id}");
     }
 
     let report = settled_report(&db, &client, &settings).await;
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!((report.store_events, report.stream_messages, report.agents), (1_000, 1_000, 100));
+    assert_eq!(
+        (report.store_events, report.stream_messages, report.agents),
+        (1_000, 1_000, 100)
+    );
 
     // The message for agent-7's 3rd event carries that event, with its id header.
     let js = async_nats::jetstream::new(client.clone());
@@ -105,54 +119,169 @@ async fn thousand_commands_from_32_tasks_reach_the_stream_identically() {
 }
 
 /// Concurrent conflicting commands on one agent: each applied once or
-/// rejected as a conflict; sequences stay contiguous.
+/// rejected as a conflict; sequences stay contiguous. Once with one commit
+/// per statement, once with group commit (losers share a batch with winners).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_conflicting_commands_apply_once_or_conflict() {
     let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    store.execute("solo", register("solo"), meta("test")).await.unwrap();
+    let plain = AgentStore::new(db.pool.clone());
+    let grouped = AgentStore::new(db.pool.clone()).with_group_commit(64);
+    for (id, store) in [("solo", plain), ("grouped", grouped)] {
+        store.execute(id, register(id), meta("test")).await.unwrap();
 
-    // 32 racing optimistic config updates against version 1: exactly one wins.
-    let mut tasks = Vec::new();
-    for n in 0..32 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let cmd = opmas_domain::AgentCommand::UpdateConfig {
-                expected_version: 1,
-                config: serde_json::json!({ "n": n }),
-            };
-            store.execute("solo", cmd, meta("racer")).await
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(events) => {
-                assert_eq!(events.len(), 1);
-                ok += 1;
-            }
-            Err(CommandError::Conflict) => {}
-            Err(CommandError::Rejected(opmas_domain::AgentError::VersionConflict { expected: 1, actual: 2 })) => {}
-            Err(other) => panic!("unexpected {other:?}"),
+        // 32 racing optimistic config updates against version 1: one wins.
+        let mut tasks = Vec::new();
+        for n in 0..32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let cmd = opmas_domain::AgentCommand::UpdateConfig {
+                    expected_version: 1,
+                    config: serde_json::json!({ "n": n }),
+                };
+                store.execute(id, cmd, meta("racer")).await
+            }));
         }
-    }
-    assert_eq!(ok, 1);
-    let (agent, seq) = store.load("solo").await.unwrap();
-    assert_eq!((agent.config_version, seq), (2, 2));
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(events) => {
+                    assert_eq!(events.len(), 1);
+                    ok += 1;
+                }
+                Err(CommandError::Conflict) => {}
+                Err(CommandError::Rejected(opmas_domain::AgentError::VersionConflict {
+                    expected: 1,
+                    actual: 2,
+                })) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(ok, 1, "{id}");
+        let (agent, seq) = store.load(id).await.unwrap();
+        assert_eq!((agent.config_version, seq), (2, 2), "{id}");
 
-    // 32 racing facts with retry: all land, once each, contiguous.
-    let mut tasks = Vec::new();
-    for n in 0..32 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            store.execute_with_retry("solo", record_error(n), meta("racer"), 100).await
-        }));
+        // 32 racing facts with retry: all land, once each, contiguous.
+        let mut tasks = Vec::new();
+        for n in 0..32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .execute_with_retry(id, record_error(n), meta("racer"), 100)
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().len(), 1);
+        }
+        let seqs: Vec<i64> = store_events(&db.pool)
+            .await
+            .into_iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(seqs, (1..=34).collect::<Vec<i64>>(), "{id}");
+        let messages: Vec<String> = sqlx::query_scalar(
+            "select payload->'ErrorRecorded'->>'message' from events where aggregate_id = $1 and sequence > 2",
+        )
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let distinct: std::collections::HashSet<_> = messages.iter().collect();
+        assert_eq!(distinct.len(), 32, "each fact once: {messages:?}");
     }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap().len(), 1);
+    db.cleanup().await;
+}
+
+/// Two writers with their own caches (as two processes): a command decided on
+/// a stale cached agent is refused by the database, reloaded and decided again.
+#[tokio::test]
+async fn a_stale_cache_never_commits() {
+    let db = TestDb::new().await;
+    let a = AgentStore::new(db.pool.clone());
+    let b = AgentStore::new(db.pool.clone());
+    a.execute("shared", register("shared"), meta("a"))
+        .await
+        .unwrap();
+    let cfg = |v: u32, n: i32| opmas_domain::AgentCommand::UpdateConfig {
+        expected_version: v,
+        config: serde_json::json!({ "n": n }),
+    };
+    a.execute("shared", cfg(1, 1), meta("a")).await.unwrap(); // a caches version 2
+    b.execute("shared", cfg(2, 2), meta("b")).await.unwrap(); // b moves it to 3
+    // a's cache still says version 2: the commit conflicts, a reloads, and the
+    // domain then rejects the stale expectation.
+    let err = a.execute("shared", cfg(2, 3), meta("a")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Rejected(opmas_domain::AgentError::VersionConflict {
+                expected: 2,
+                actual: 3
+            })
+        ),
+        "{err:?}"
+    );
+    // And a command valid on fresh state goes through at the right sequence.
+    let events = a.execute("shared", cfg(3, 4), meta("a")).await.unwrap();
+    assert_eq!(events[0].sequence, 4);
+    let seqs: Vec<i64> = store_events(&db.pool)
+        .await
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    db.cleanup().await;
+}
+
+/// The relay is woken at once by a writer in another process (pg_notify) and
+/// by one in its own process (direct wake), not by its sweep: the sweep here
+/// is a minute long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_is_woken_by_commits_not_by_its_sweep() {
+    let db = TestDb::new().await;
+    let client = nats().await;
+    let settings = stream();
+    let cancel = CancellationToken::new();
+    let local = opmas_store::OutboxNotifier::spawn(db.pool.clone(), cancel.clone());
+    let config = RelayConfig {
+        stream: settings.clone(),
+        sweep_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(db.pool.clone(), client.clone(), config).with_wake(local.subscribe());
+    let relay_task = tokio::spawn(relay.run(cancel.clone()));
+    // Give the relay time to take its lock and LISTEN.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let remote_notifier = opmas_store::OutboxNotifier::spawn(db.pool.clone(), cancel.clone());
+    let remote = AgentStore::new(db.pool.clone()).with_notifier(remote_notifier);
+    let in_process = AgentStore::new(db.pool.clone()).with_notifier(local);
+    let js = async_nats::jetstream::new(client.clone());
+    for (n, (id, store)) in [("far", remote), ("near", in_process)]
+        .into_iter()
+        .enumerate()
+    {
+        store.execute(id, register(id), meta("test")).await.unwrap();
+        let arrived = eventually(Duration::from_secs(3), || {
+            let js = js.clone();
+            let name = settings.name.clone();
+            async move {
+                let Ok(s) = js.get_stream(&name).await else {
+                    return false;
+                };
+                s.get_info()
+                    .await
+                    .map(|i| i.state.messages == n as u64 + 1)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        assert!(arrived, "{id}'s event was not published within 3 s");
     }
-    let seqs: Vec<i64> = store_events(&db.pool).await.into_iter().map(|(_, s)| s).collect();
-    assert_eq!(seqs, (1..=34).collect::<Vec<i64>>());
+    cancel.cancel();
+    relay_task.await.unwrap().unwrap();
+    delete_stream(&client, &settings).await;
     db.cleanup().await;
 }
 
@@ -174,14 +303,25 @@ async fn nats_outage_delays_but_loses_nothing() {
     let store = AgentStore::new(db.pool.clone());
     for i in 0..10 {
         let id = format!("a{i}");
-        store.execute(&id, register(&id), meta("test")).await.unwrap();
+        store
+            .execute(&id, register(&id), meta("test"))
+            .await
+            .unwrap();
     }
-    assert!(eventually(Duration::from_secs(10), || async { backlog(&db).await == 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backlog(&db).await == 0
+        })
+        .await
+    );
 
     server.stop().await;
     for n in 0..200 {
         let id = format!("a{}", n % 10);
-        store.execute(&id, record_error(n), meta("test")).await.unwrap();
+        store
+            .execute(&id, record_error(n), meta("test"))
+            .await
+            .unwrap();
     }
     // Nothing can go out while NATS is down.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -219,14 +359,20 @@ async fn relay_killed_mid_stream_then_restarted() {
     let store = AgentStore::new(db.pool.clone());
     for i in 0..20 {
         let id = format!("r{i}");
-        store.execute(&id, register(&id), meta("test")).await.unwrap();
+        store
+            .execute(&id, register(&id), meta("test"))
+            .await
+            .unwrap();
     }
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for n in 0..2_000 {
                 let id = format!("r{}", n % 20);
-                store.execute(&id, record_error(n), meta("test")).await.unwrap();
+                store
+                    .execute(&id, record_error(n), meta("test"))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -239,7 +385,11 @@ async fn relay_killed_mid_stream_then_restarted() {
             let name = settings.name.clone();
             async move {
                 match js.get_stream(&name).await {
-                    Ok(s) => s.get_info().await.map(|i| i.state.messages > 300 * round).unwrap_or(false),
+                    Ok(s) => s
+                        .get_info()
+                        .await
+                        .map(|i| i.state.messages > 300 * round)
+                        .unwrap_or(false),
                     Err(_) => false,
                 }
             }
@@ -255,7 +405,10 @@ async fn relay_killed_mid_stream_then_restarted() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!((report.store_events, report.stream_messages), (2_020, 2_020));
+    assert_eq!(
+        (report.store_events, report.stream_messages),
+        (2_020, 2_020)
+    );
     delete_stream(&client, &settings).await;
     db.cleanup().await;
 }
@@ -274,7 +427,10 @@ async fn verify_finds_differences_and_repair_fixes_them() {
     for id in ["lost", "twice", "clean"] {
         store.execute(id, register(id), meta("test")).await.unwrap();
         for n in 0..4 {
-            store.execute(id, record_error(n), meta("test")).await.unwrap();
+            store
+                .execute(id, record_error(n), meta("test"))
+                .await
+                .unwrap();
         }
     }
     assert!(settled_report(&db, &client, &settings).await.is_clean());
@@ -282,25 +438,41 @@ async fn verify_finds_differences_and_repair_fixes_them() {
     // Damage: delete lost:3, republish twice:2 under another id (a duplicate
     // that is also out of order).
     let s = js.get_stream(&settings.name).await.unwrap();
-    let lost = s.get_last_raw_message_by_subject(&settings.subject("lost", "ErrorRecorded")).await.unwrap();
+    let lost = s
+        .get_last_raw_message_by_subject(&settings.subject("lost", "ErrorRecorded"))
+        .await
+        .unwrap();
     s.delete_message(lost.sequence).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Opmas-Agent-Id", "twice");
     headers.insert("Opmas-Sequence", "2");
-    js.publish_with_headers(settings.subject("twice", "ErrorRecorded"), headers, "{}".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish_with_headers(
+        settings.subject("twice", "ErrorRecorded"),
+        headers,
+        "{}".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 
     let report = verify::verify(&db.pool, &js, &settings).await.unwrap();
     assert_eq!(report.diffs.len(), 2, "{report:?}");
-    let by = |id: &str| report.diffs.iter().find(|d| d.agent_id == id).unwrap().clone();
+    let by = |id: &str| {
+        report
+            .diffs
+            .iter()
+            .find(|d| d.agent_id == id)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by("lost").missing, vec![5]);
     assert_eq!(by("twice").duplicates, vec![2]);
     assert!(by("twice").out_of_order);
 
-    let queued = verify::repair(&db.pool, &js, &settings, &report).await.unwrap();
+    let queued = verify::repair(&db.pool, &js, &settings, &report)
+        .await
+        .unwrap();
     assert_eq!(queued, 1 + 5);
     let after = settled_report(&db, &client, &settings).await;
     assert!(after.is_clean(), "{after:?}");

@@ -10,15 +10,50 @@ use opmas_domain::{Agent, AgentEvent, ProcessStatus};
 use opmas_store::AgentStore;
 
 /// With snapshots every 32 events, loading an agent of 100 events reads the
-/// snapshot at 96 plus 4 events, and equals a full replay.
+/// snapshot at 96 plus 4 events, and equals a full replay. The history is a
+/// crash loop, whose events are not idempotent (restart counters), so a
+/// snapshot holding events applied twice would show.
 #[tokio::test]
 async fn snapshot_plus_tail_equals_full_replay() {
+    use opmas_domain::{AgentCommand, ProcessIdentity};
     let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    store.execute("snap", register("snap"), meta("test")).await.unwrap();
-    store.execute("snap", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
-    for n in 0..98 {
-        store.execute("snap", record_error(n), meta("test")).await.unwrap();
+    let store = AgentStore::new(db.pool.clone()).with_group_commit(8);
+    store
+        .execute("snap", register("snap"), meta("test"))
+        .await
+        .unwrap();
+    store
+        .execute("snap", AgentCommand::Start, meta("test"))
+        .await
+        .unwrap();
+    let t0 = chrono::Utc::now();
+    for k in 0..49u32 {
+        let at = t0 + chrono::Duration::seconds(i64::from(k) * 120);
+        let identity = ProcessIdentity {
+            pid: 1000 + k,
+            boot_id: "boot".into(),
+            start_time_ticks: u64::from(k),
+        };
+        let started = AgentCommand::ReportProcessStarted {
+            node: "n1".into(),
+            identity,
+            at,
+        };
+        store
+            .execute("snap", started, meta("supervisor"))
+            .await
+            .unwrap();
+        let exited = AgentCommand::ReportProcessExited {
+            pid: 1000 + k,
+            code: Some(1),
+            signal: None,
+            at: at + chrono::Duration::seconds(1),
+            jitter_sample: 0.5,
+        };
+        store
+            .execute("snap", exited, meta("supervisor"))
+            .await
+            .unwrap();
     }
     let (snap_seq, current): (i64, i64) = sqlx::query_as(
         "select last_sequence, current_snapshot from snapshots where aggregate_id = 'snap'",
@@ -28,17 +63,17 @@ async fn snapshot_plus_tail_equals_full_replay() {
     .unwrap();
     assert_eq!((snap_seq, current), (96, 3));
 
-    let (loaded, seq) = store.load("snap").await.unwrap();
+    let cold = AgentStore::new(db.pool.clone()).with_cache_capacity(0);
+    let (loaded, seq) = cold.load("snap").await.unwrap();
     let replay = AgentStore::new(db.pool.clone()).with_snapshot_every(0);
     let (replayed, replay_seq) = replay.load("snap").await.unwrap();
-    assert_eq!(seq, 100);
-    assert_eq!(replay_seq, 100);
+    assert_eq!((seq, replay_seq), (100, 100));
     assert_eq!(
         serde_json::to_value(&loaded).unwrap(),
         serde_json::to_value(&replayed).unwrap()
     );
-    assert_eq!(loaded.status, ProcessStatus::Starting);
-    assert_eq!(loaded.last_error.as_deref(), Some("error 97"));
+    assert_eq!(loaded.status, ProcessStatus::Backoff);
+    assert_eq!(loaded.restart_count, 48);
 
     // A snapshot of another layout version, or one that does not decode, is
     // ignored and the agent is rebuilt from its events.
@@ -52,7 +87,7 @@ async fn snapshot_plus_tail_equals_full_replay() {
             .execute(&db.pool)
             .await
             .unwrap();
-        let (rebuilt, _) = store.load("snap").await.unwrap();
+        let (rebuilt, _) = cold.load("snap").await.unwrap();
         assert_eq!(
             serde_json::to_value(&rebuilt).unwrap(),
             serde_json::to_value(&replayed).unwrap(),
@@ -68,15 +103,27 @@ async fn snapshot_plus_tail_equals_full_replay() {
 async fn outbox_rows_follow_commits_only() {
     let db = TestDb::new().await;
     let store = AgentStore::new(db.pool.clone());
-    store.execute("ob", register("ob"), meta("test")).await.unwrap();
-    let err = store.execute("ob", register("ob"), meta("test")).await.unwrap_err();
+    store
+        .execute("ob", register("ob"), meta("test"))
+        .await
+        .unwrap();
+    let err = store
+        .execute("ob", register("ob"), meta("test"))
+        .await
+        .unwrap_err();
     assert!(matches!(
         err,
         opmas_store::CommandError::Rejected(opmas_domain::AgentError::AlreadyRegistered)
     ));
-    store.execute("ob", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
+    store
+        .execute("ob", opmas_domain::AgentCommand::Start, meta("test"))
+        .await
+        .unwrap();
     // Start again is satisfied already: no event, no outbox row.
-    let none = store.execute("ob", opmas_domain::AgentCommand::Start, meta("test")).await.unwrap();
+    let none = store
+        .execute("ob", opmas_domain::AgentCommand::Start, meta("test"))
+        .await
+        .unwrap();
     assert!(none.is_empty());
     let outbox: Vec<(String, i64)> =
         sqlx::query_as("select aggregate_id, sequence from outbox order by id")
@@ -94,7 +141,10 @@ async fn outbox_rows_follow_commits_only() {
 async fn old_event_versions_are_upcast_on_load() {
     let db = TestDb::new().await;
     let store = AgentStore::new(db.pool.clone());
-    store.execute("old", register("old"), meta("test")).await.unwrap();
+    store
+        .execute("old", register("old"), meta("test"))
+        .await
+        .unwrap();
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          values ('Agent', 'old', 2, 'ProcessExited', '1.0', \
@@ -105,7 +155,9 @@ async fn old_event_versions_are_upcast_on_load() {
     .unwrap();
     let events = store.events("old").await.unwrap();
     match &events[1].payload {
-        AgentEvent::ProcessExited { pid, code, signal, .. } => {
+        AgentEvent::ProcessExited {
+            pid, code, signal, ..
+        } => {
             assert_eq!((*pid, *code, *signal), (42, Some(3), None));
         }
         other => panic!("not upcast: {other:?}"),
@@ -118,8 +170,14 @@ async fn old_event_versions_are_upcast_on_load() {
 async fn postgres_es_reads_our_tables() {
     let db = TestDb::new().await;
     let store = AgentStore::new(db.pool.clone());
-    store.execute("compat", register("compat"), meta("alice")).await.unwrap();
-    store.execute("compat", record_error(1), meta("alice")).await.unwrap();
+    store
+        .execute("compat", register("compat"), meta("alice"))
+        .await
+        .unwrap();
+    store
+        .execute("compat", record_error(1), meta("alice"))
+        .await
+        .unwrap();
     let repo = postgres_es::PostgresEventRepository::new(db.pool.clone());
     let events = repo.get_events::<Agent>("compat").await.unwrap();
     assert_eq!(events.len(), 2);

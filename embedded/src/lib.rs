@@ -8,8 +8,8 @@
 //! the `postgres` system user (created by the Debian package) via `runuser`.
 //!
 //! # Layout
-//! - [`nats`]: [`NatsServer`]
-//! - [`postgres`]: [`Postgres`]
+//! - [`nats`]: the [`NatsServer`] type.
+//! - [`postgres`]: the [`Postgres`] type.
 //! - this file: shared helpers ([`free_port`], [`find_program`], [`Error`]).
 
 pub mod nats;
@@ -25,7 +25,9 @@ pub use postgres::Postgres;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A program is not installed; the message says which package provides it.
-    #[error("`{program}` not found on PATH{extra}: install Debian's `{package}` package (apt-get install {package})")]
+    #[error(
+        "`{program}` not found on PATH{extra}: install Debian's `{package}` package (apt-get install {package})"
+    )]
     NotInstalled {
         program: String,
         package: &'static str,

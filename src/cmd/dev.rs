@@ -23,14 +23,20 @@ pub async fn run(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
     let pool = crate::infra::database(global).await?;
-    opmas_store::db::migrate(&pool).await.context("applying migrations")?;
+    opmas_store::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
     let relay = Relay::new(pool, client, super::relay::config(global, &args.relay));
     let relay = tokio::spawn(relay.run(cancel.clone()));
     crate::println_out(&format!(
         "opmas dev ready\n  database: {}\n  nats:     {}\n  events:   stream {} ({}.>)\nPress Ctrl-C to stop.",
-        global.database_url.as_deref().map(crate::cli::mask).unwrap_or_default(),
+        global
+            .database_url
+            .as_deref()
+            .map(crate::cli::mask)
+            .unwrap_or_default(),
         global.nats_url.as_deref().unwrap_or_default(),
         global.events_stream,
         global.events_subject_prefix,

@@ -29,11 +29,19 @@ pub async fn verify(global: &Global, args: &VerifyArgs) -> anyhow::Result<ExitCo
         report = verify::verify(&pool, &js, &settings).await?;
     }
     print(&report, args.output);
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs a relay until the outbox is empty (another active relay may do the work).
-async fn drain(pool: sqlx::PgPool, client: async_nats::Client, global: &Global) -> anyhow::Result<()> {
+async fn drain(
+    pool: sqlx::PgPool,
+    client: async_nats::Client,
+    global: &Global,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let config = RelayConfig {
         stream: global.stream(),
@@ -106,7 +114,11 @@ fn ranges(seqs: &[i64]) -> String {
             i += 1;
             end = sorted[i];
         }
-        out.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
         i += 1;
     }
     out.join(",")

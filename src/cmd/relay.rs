@@ -23,6 +23,8 @@ pub async fn run(global: &Global, args: &RelayArgs) -> anyhow::Result<ExitCode> 
     opmas_store::db::migrate(&pool).await?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
-    Relay::new(pool, client, config(global, args)).run(cancel).await?;
+    Relay::new(pool, client, config(global, args))
+        .run(cancel)
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

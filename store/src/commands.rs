@@ -8,12 +8,22 @@
 
 use std::collections::HashMap;
 
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use lru::LruCache;
 use opmas_domain::agent::{Agent, AgentCommand, AgentError};
 use sqlx::PgPool;
 
 use crate::PgEventStore;
+use crate::notify::OutboxNotifier;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Layout version of the `Agent` state in snapshots: bump it when a field of
 /// `opmas_domain::Agent` is added, removed or changes meaning, and old
@@ -49,19 +59,44 @@ impl From<AggregateError<AgentError>> for CommandError {
     }
 }
 
-/// Command side of the `Agent` aggregate. Cheap to clone.
+/// Agents kept in memory by default (a few KiB each).
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// Stale-cache conflicts retried inside [`AgentStore::execute`].
+const STALE_RETRIES: usize = 3;
+
+struct Cached {
+    agent: Agent,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
+/// Command side of the `Agent` aggregate. Cheap to clone (clones share the
+/// cache and the notifier).
+///
+/// Recently used agents are kept in memory with their sequence, so a command
+/// usually costs one statement (the commit) instead of a load and a commit.
+/// The cache is never trusted blindly: the commit inserts at the next
+/// sequence and the primary key refuses it if anyone else (another process)
+/// wrote first; the entry is then dropped, the agent reloaded and the command
+/// decided again on fresh state (see docs/adr/0003).
 #[derive(Clone)]
 pub struct AgentStore {
     store: PgEventStore<Agent>,
+    cache: Option<Arc<Mutex<LruCache<String, Cached>>>>,
+    notifier: Option<OutboxNotifier>,
 }
 
 impl AgentStore {
-    /// A store over `pool` with the domain's upcasters.
+    /// A store over `pool` with the domain's upcasters and an aggregate cache.
     pub fn new(pool: PgPool) -> Self {
         Self {
             store: PgEventStore::new(pool)
                 .with_upcasters(opmas_domain::agent::upcasters())
                 .with_snapshot_version(AGENT_SNAPSHOT_VERSION),
+            cache: NonZeroUsize::new(DEFAULT_CACHE_CAPACITY)
+                .map(|n| Arc::new(Mutex::new(LruCache::new(n)))),
+            notifier: None,
         }
     }
 
@@ -69,6 +104,32 @@ impl AgentStore {
     pub fn with_snapshot_every(self, every: usize) -> Self {
         Self {
             store: self.store.with_snapshot_every(every),
+            ..self
+        }
+    }
+
+    /// Writes concurrent commands' events together (group commit); `max_batch`
+    /// caps the commands per statement. Needs a Tokio runtime.
+    pub fn with_group_commit(self, max_batch: usize) -> Self {
+        Self {
+            store: self.store.with_group_commit(max_batch),
+            ..self
+        }
+    }
+
+    /// Sets the cache capacity in agents (0 disables the cache).
+    pub fn with_cache_capacity(self, capacity: usize) -> Self {
+        Self {
+            cache: NonZeroUsize::new(capacity).map(|n| Arc::new(Mutex::new(LruCache::new(n)))),
+            ..self
+        }
+    }
+
+    /// Pokes `notifier` after every commit that wrote events.
+    pub fn with_notifier(self, notifier: OutboxNotifier) -> Self {
+        Self {
+            notifier: Some(notifier),
+            ..self
         }
     }
 
@@ -79,39 +140,116 @@ impl AgentStore {
 
     /// Runs `command` on `agent_id`; `metadata` (actor, correlation id...) is
     /// stored with every resulting event. Returns the committed events (empty
-    /// when the command was already satisfied).
+    /// when the command was already satisfied). A conflict with a concurrent
+    /// writer is retried a few times on fresh state before it is returned.
     pub async fn execute(
         &self,
         agent_id: &str,
         command: AgentCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
-        let mut context = self.store.load_aggregate(agent_id).await?;
-        let sink = EventSink::<Agent>::default();
-        context
-            .aggregate
-            .handle(command, &(), &sink)
-            .await
-            .map_err(CommandError::Rejected)?;
-        let events = sink.collect().await;
-        Ok(self.store.commit(events, context, metadata).await?)
+        for _ in 0..STALE_RETRIES {
+            match self
+                .execute_once(agent_id, command.clone(), metadata.clone())
+                .await
+            {
+                Err(CommandError::Conflict) => continue,
+                other => return other,
+            }
+        }
+        self.execute_once(agent_id, command, metadata).await
     }
 
-    /// Like [`AgentStore::execute`], retrying on [`CommandError::Conflict`]
-    /// (for facts that must land, such as a supervisor's reports).
+    async fn execute_once(
+        &self,
+        agent_id: &str,
+        command: AgentCommand,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
+        let mut context = self.context(agent_id).await?;
+        let sink = EventSink::<Agent>::default();
+        let handled = context.aggregate.handle(command, &(), &sink).await;
+        if let Err(err) = handled {
+            self.forget(agent_id); // handle may have applied part of its events
+            return Err(CommandError::Rejected(err));
+        }
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The sink applied the events: `context.aggregate` is the new state.
+        let (last, next) = (
+            context.current_sequence,
+            context.current_sequence + events.len(),
+        );
+        let snapshot = match self.store.snapshots_between(last, next) {
+            true => Some(context.current_snapshot.unwrap_or(0) + 1),
+            false => context.current_snapshot,
+        };
+        let after = Cached {
+            agent: context.aggregate.clone(),
+            sequence: next,
+            snapshot,
+        };
+        match self.store.commit(events, context, metadata).await {
+            Ok(committed) => {
+                self.remember(agent_id, after);
+                if let Some(n) = &self.notifier {
+                    n.poke();
+                }
+                Ok(committed)
+            }
+            Err(err) => {
+                self.forget(agent_id);
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn context(
+        &self,
+        agent_id: &str,
+    ) -> Result<EventStoreAggregateContext<Agent>, CommandError> {
+        if let Some(cache) = &self.cache
+            && let Some(c) = lock(cache).get(agent_id)
+        {
+            return Ok(EventStoreAggregateContext {
+                aggregate_id: agent_id.to_string(),
+                aggregate: c.agent.clone(),
+                current_sequence: c.sequence,
+                current_snapshot: c.snapshot,
+            });
+        }
+        Ok(self.store.load_aggregate(agent_id).await?)
+    }
+
+    fn remember(&self, agent_id: &str, entry: Cached) {
+        if let Some(cache) = &self.cache {
+            lock(cache).put(agent_id.to_string(), entry);
+        }
+    }
+
+    fn forget(&self, agent_id: &str) {
+        if let Some(cache) = &self.cache {
+            lock(cache).pop(agent_id);
+        }
+    }
+
+    /// Like [`AgentStore::execute`], with more attempts on conflict (for
+    /// facts that must land, such as a supervisor's reports).
     pub async fn execute_with_retry(
         &self,
         agent_id: &str,
         command: AgentCommand,
         metadata: HashMap<String, String>,
         attempts: usize,
-    ) -> Result<Vec<EventEnvelope<Agent>>, CommandError>
-    where
-        AgentCommand: Clone,
-    {
+    ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
         let mut last = CommandError::Conflict;
         for _ in 0..attempts.max(1) {
-            match self.execute(agent_id, command.clone(), metadata.clone()).await {
+            match self
+                .execute(agent_id, command.clone(), metadata.clone())
+                .await
+            {
                 Err(CommandError::Conflict) => last = CommandError::Conflict,
                 other => return other,
             }

@@ -5,7 +5,8 @@
 //! every event on every command. Here loading is one query (the snapshot and
 //! the events after it) and committing is one statement (all events, plus the
 //! snapshot when a multiple of `snapshot_every` is crossed), so a command costs
-//! the same at an agent's 1st and 100,000th event. See docs/adr/0002.
+//! the same at an agent's 1st and 100,000th event; concurrent commits can share
+//! that statement ([`crate::group_commit`]). See docs/adr/0002.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -16,6 +17,8 @@ use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope, EventStore}
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
+use crate::group_commit::{self, Committer, Pending};
+
 /// Default number of events between two snapshots.
 pub const DEFAULT_SNAPSHOT_EVERY: usize = 32;
 
@@ -24,6 +27,7 @@ pub struct PgEventStore<A> {
     pool: PgPool,
     snapshot_every: usize,
     snapshot_version: u64,
+    committer: Option<Committer>,
     upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
@@ -34,6 +38,7 @@ impl<A> Clone for PgEventStore<A> {
             pool: self.pool.clone(),
             snapshot_every: self.snapshot_every,
             snapshot_version: self.snapshot_version,
+            committer: self.committer.clone(),
             upcasters: self.upcasters.clone(),
             _aggregate: PhantomData,
         }
@@ -57,25 +62,6 @@ const LOAD_ALL: &str = "
 select sequence, event_type, event_version, payload, metadata
 from events where aggregate_type = $1 and aggregate_id = $2 order by sequence";
 
-const COMMIT: &str = "
-insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-select $1, $2, u.s, u.t, u.v, u.p::json, $7::json
-from unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) as u(s, t, v, p)";
-
-const COMMIT_WITH_SNAPSHOT: &str = "
-with ins as (
-  insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-  select $1, $2, u.s, u.t, u.v, u.p::json, $7::json
-  from unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) as u(s, t, v, p)
-  returning 1)
-insert into snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-select $1, $2, $8, $9, $10::json where (select count(*) from ins) > 0
-on conflict (aggregate_type, aggregate_id) do update
-  set last_sequence = excluded.last_sequence,
-      current_snapshot = excluded.current_snapshot,
-      payload = excluded.payload
-  where snapshots.last_sequence < excluded.last_sequence";
-
 impl<A: Aggregate> PgEventStore<A> {
     /// A store taking a snapshot every [`DEFAULT_SNAPSHOT_EVERY`] events.
     pub fn new(pool: PgPool) -> Self {
@@ -83,6 +69,7 @@ impl<A: Aggregate> PgEventStore<A> {
             pool,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             snapshot_version: 1,
+            committer: None,
             upcasters: Arc::new(Vec::new()),
             _aggregate: PhantomData,
         }
@@ -101,6 +88,20 @@ impl<A: Aggregate> PgEventStore<A> {
     pub fn with_snapshot_version(mut self, version: u64) -> Self {
         self.snapshot_version = version;
         self
+    }
+
+    /// Writes concurrent commits together (group commit, see
+    /// [`crate::group_commit`]); `max_batch` caps the commits per statement.
+    /// Needs a Tokio runtime.
+    pub fn with_group_commit(mut self, max_batch: usize) -> Self {
+        self.committer = Some(Committer::spawn(self.pool.clone(), max_batch));
+        self
+    }
+
+    /// Whether a commit moving the aggregate from sequence `last` to `next`
+    /// writes a snapshot.
+    pub fn snapshots_between(&self, last: usize, next: usize) -> bool {
+        self.snapshot_every > 0 && next / self.snapshot_every > last / self.snapshot_every
     }
 
     fn read_snapshot(&self, payload: Value) -> Option<A> {
@@ -184,12 +185,10 @@ fn corrupt<E: std::error::Error>(err: serde_json::Error) -> AggregateError<E> {
 }
 
 fn db<E: std::error::Error>(err: sqlx::Error) -> AggregateError<E> {
-    match &err {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-            AggregateError::AggregateConflict
-        }
-        _ => AggregateError::DatabaseConnectionError(Box::new(err)),
+    if group_commit::is_conflict(&err) {
+        return AggregateError::AggregateConflict;
     }
+    AggregateError::DatabaseConnectionError(Box::new(err))
 }
 
 impl<A: Aggregate> EventStore<A> for PgEventStore<A> {
@@ -273,51 +272,37 @@ impl<A: Aggregate> EventStore<A> for PgEventStore<A> {
         }
         let last = context.current_sequence;
         let next = last + events.len();
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
+        let mut pending = Pending {
+            aggregate_type: A::TYPE.to_string(),
+            aggregate_id: context.aggregate_id.clone(),
+            metadata: serde_json::to_string(&metadata).map_err(corrupt)?,
+            ..Pending::default()
+        };
         for (i, event) in events.iter().enumerate() {
-            sequences.push((last + i + 1) as i64);
-            types.push(event.event_type());
-            versions.push(event.event_version());
-            payloads.push(serde_json::to_string(event).map_err(corrupt)?);
+            pending.sequences.push((last + i + 1) as i64);
+            pending.event_types.push(event.event_type());
+            pending.event_versions.push(event.event_version());
+            pending
+                .payloads
+                .push(serde_json::to_string(event).map_err(corrupt)?);
         }
-        let meta = serde_json::to_string(&metadata).map_err(corrupt)?;
-        let crosses = self.snapshot_every > 0 && next / self.snapshot_every > last / self.snapshot_every;
-        let query = if crosses {
-            let mut aggregate = context.aggregate;
-            for event in events.iter().cloned() {
-                aggregate.apply(event);
-            }
+        if self.snapshots_between(last, next) {
+            // cqrs-es 0.5's `EventSink::write` applies each event as the
+            // command emits it: `context.aggregate` is already the state after
+            // `events`, which is what the snapshot at `next` must hold.
             let snapshot = serde_json::to_string(&serde_json::json!({
                 "snapshot_version": self.snapshot_version,
-                "state": aggregate,
+                "state": &context.aggregate,
             }))
             .map_err(corrupt)?;
             let number = context.current_snapshot.unwrap_or(0) + 1;
-            sqlx::query(COMMIT_WITH_SNAPSHOT)
-                .bind(A::TYPE)
-                .bind(&context.aggregate_id)
-                .bind(sequences)
-                .bind(types)
-                .bind(versions)
-                .bind(payloads)
-                .bind(meta)
-                .bind(next as i64)
-                .bind(number as i64)
-                .bind(snapshot)
-        } else {
-            sqlx::query(COMMIT)
-                .bind(A::TYPE)
-                .bind(&context.aggregate_id)
-                .bind(sequences)
-                .bind(types)
-                .bind(versions)
-                .bind(payloads)
-                .bind(meta)
-        };
-        query.execute(&self.pool).await.map_err(db)?;
+            pending.snapshot = Some((next as i64, number as i64, snapshot));
+        }
+        match &self.committer {
+            Some(committer) => committer.commit(pending).await,
+            None => group_commit::write(&self.pool, &[&pending]).await,
+        }
+        .map_err(db)?;
         Ok(events
             .into_iter()
             .zip(last + 1..)

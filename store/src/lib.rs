@@ -8,16 +8,20 @@
 //! - [`db`]: pool and migrations (`migrations/` at the workspace root).
 //! - [`event_store`]: [`PgEventStore`], a `cqrs_es::EventStore`: one query to
 //!   load (snapshot + tail), one statement to commit (events + snapshot).
+//! - [`group_commit`]: concurrent commits in one statement.
 //! - [`commands`]: [`AgentStore`], runs a command against the aggregate.
 //! - [`stream`]: JetStream stream settings, subjects and message ids.
+//! - [`notify`]: [`OutboxNotifier`], wakes relays after commits.
 //! - [`relay`]: [`Relay`], outbox → `OPMAS_EVENTS`.
 //! - [`verify`]: `opmas events verify`: store vs stream, and repair.
-//! - [`error`]: [`Error`].
+//! - [`error`]: the crate's [`Error`] type.
 
 pub mod commands;
 pub mod db;
 pub mod error;
 pub mod event_store;
+pub mod group_commit;
+pub mod notify;
 pub mod relay;
 pub mod stream;
 pub mod verify;
@@ -25,5 +29,6 @@ pub mod verify;
 pub use commands::{AgentStore, CommandError};
 pub use error::Error;
 pub use event_store::PgEventStore;
+pub use notify::OutboxNotifier;
 pub use relay::{Relay, RelayConfig};
 pub use stream::StreamSettings;

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-use crate::stream::{StreamSettings, headers};
 use crate::Error;
+use crate::stream::{StreamSettings, headers};
 
 /// What differs for one agent.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -64,7 +64,10 @@ pub async fn verify(
     .fetch_all(pool)
     .await?;
     for row in &rows {
-        store.entry(row.get("aggregate_id")).or_default().push(row.get("sequence"));
+        store
+            .entry(row.get("aggregate_id"))
+            .or_default()
+            .push(row.get("sequence"));
     }
     let pending: HashSet<(String, i64)> =
         sqlx::query("select aggregate_id, sequence from outbox where aggregate_type = 'Agent'")
@@ -87,17 +90,30 @@ pub async fn verify(
         let stored = store.get(agent).unwrap_or(&empty);
         let seen = stream.get(agent).unwrap_or(&empty);
         let diff = compare(agent, stored, seen, &pending);
-        if diff != (AgentDiff { agent_id: agent.clone(), ..AgentDiff::default() }) {
+        if diff
+            != (AgentDiff {
+                agent_id: agent.clone(),
+                ..AgentDiff::default()
+            })
+        {
             report.diffs.push(diff);
         }
     }
     Ok(report)
 }
 
-fn compare(agent: &str, stored: &[i64], seen: &[i64], pending: &HashSet<(String, i64)>) -> AgentDiff {
+fn compare(
+    agent: &str,
+    stored: &[i64],
+    seen: &[i64],
+    pending: &HashSet<(String, i64)>,
+) -> AgentDiff {
     let stored_set: HashSet<i64> = stored.iter().copied().collect();
     let mut seen_set = HashSet::new();
-    let mut diff = AgentDiff { agent_id: agent.to_string(), ..AgentDiff::default() };
+    let mut diff = AgentDiff {
+        agent_id: agent.to_string(),
+        ..AgentDiff::default()
+    };
     for s in seen {
         if !seen_set.insert(*s) {
             diff.duplicates.push(*s);
@@ -141,7 +157,9 @@ async fn read_stream(
         let stream_sequence = info.stream_sequence;
         let pending = info.pending;
         let headers = message.headers.as_ref();
-        let agent = headers.and_then(|h| h.get(headers::AGENT_ID)).map(|v| v.to_string());
+        let agent = headers
+            .and_then(|h| h.get(headers::AGENT_ID))
+            .map(|v| v.to_string());
         let sequence = headers
             .and_then(|h| h.get(headers::SEQUENCE))
             .and_then(|v| v.as_str().parse::<i64>().ok());
@@ -168,7 +186,8 @@ pub async fn repair(
     let stream = settings.ensure(js).await?;
     let mut queued = 0;
     for diff in &report.diffs {
-        let rebuild = diff.out_of_order || !diff.duplicates.is_empty() || !diff.unexpected.is_empty();
+        let rebuild =
+            diff.out_of_order || !diff.duplicates.is_empty() || !diff.unexpected.is_empty();
         let result = if rebuild {
             stream
                 .purge()

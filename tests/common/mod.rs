@@ -54,9 +54,12 @@ impl TestDb {
     pub async fn cleanup(self) {
         self.pool.close().await;
         let admin = opmas_store::db::connect(&admin_url(), 1).await.unwrap();
-        let _ = sqlx::query(&format!("drop database if exists {} with (force)", self.name))
-            .execute(&admin)
-            .await;
+        let _ = sqlx::query(&format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
         admin.close().await;
     }
 }

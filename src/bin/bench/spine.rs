@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use opmas::println_out as out;
 use opmas_domain::{AgentCommand, AgentId, AgentSpec, EventMetadata, Severity};
-use opmas_store::{AgentStore, Relay, RelayConfig, StreamSettings};
+use opmas_store::{AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +20,18 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Args)]
 pub struct Args {
     /// Postgres server (a fresh database is created in it).
-    #[arg(long, env = "OPMAS_BENCH_DATABASE_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "OPMAS_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
     database_url: String,
     /// nats-server with JetStream (a stream of the bench's own is created).
-    #[arg(long, env = "OPMAS_BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "OPMAS_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// Seconds per throughput phase.
     #[arg(long, default_value_t = 10)]
@@ -40,7 +48,12 @@ pub struct Args {
 }
 
 fn meta() -> HashMap<String, String> {
-    EventMetadata::new("bench", uuid::Uuid::new_v4().to_string(), chrono::Utc::now()).to_map()
+    EventMetadata::new(
+        "bench",
+        uuid::Uuid::new_v4().to_string(),
+        chrono::Utc::now(),
+    )
+    .to_map()
 }
 
 fn error_cmd(n: u64) -> AgentCommand {
@@ -69,8 +82,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("opmas_bench_{tag}");
     let admin = opmas_store::db::connect(&args.database_url, 1).await?;
-    sqlx::query(&format!("create database {db_name}")).execute(&admin).await?;
-    let base = args.database_url.rsplit_once('/').map(|(b, _)| b).context("bad url")?;
+    sqlx::query(&format!("create database {db_name}"))
+        .execute(&admin)
+        .await?;
+    let base = args
+        .database_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .context("bad url")?;
     let pool = opmas_store::db::connect(&format!("{base}/{db_name}"), 48).await?;
     opmas_store::db::migrate(&pool).await?;
     let client = async_nats::connect(&args.nats_url).await?;
@@ -79,7 +98,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     let _ = js.delete_stream(&settings.name).await;
     pool.close().await;
-    sqlx::query(&format!("drop database {db_name} with (force)")).execute(&admin).await?;
+    sqlx::query(&format!("drop database {db_name} with (force)"))
+        .execute(&admin)
+        .await?;
     result
 }
 
@@ -93,15 +114,26 @@ async fn phases(
         "bench spine: {} tasks, {} s per phase, postgres {}, {} cores",
         args.tasks,
         args.seconds,
-        sqlx::query_scalar::<_, String>("show server_version").fetch_one(pool).await?,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        sqlx::query_scalar::<_, String>("show server_version")
+            .fetch_one(pool)
+            .await?,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     ));
-    let store = AgentStore::new(pool.clone());
+    let notify_cancel = CancellationToken::new();
+    let notifier = OutboxNotifier::spawn(pool.clone(), notify_cancel.clone());
+    let store = AgentStore::new(pool.clone())
+        .with_notifier(notifier.clone())
+        .with_group_commit(64);
     let a = raw_inserts(pool, args).await?;
-    out(&format!("(a) raw single-row insert transactions, {} tasks: {a:.0} tx/s", args.tasks));
+    out(&format!(
+        "(a) raw single-row insert transactions, {} tasks: {a:.0} tx/s",
+        args.tasks
+    ));
 
     let relay_cancel = CancellationToken::new();
-    let relay = spawn_relay(pool, client, settings, &relay_cancel);
+    let relay = spawn_relay(pool, client, settings, &relay_cancel, Some(&notifier));
     let b = commands(&store, args).await?;
     out(&format!(
         "(b) commands over 1,000 agents, {} tasks, relay running: {b:.0} commands/s = {:.2} x (a)",
@@ -119,14 +151,18 @@ async fn phases(
     relay_cancel.cancel();
     let _ = relay.await;
 
-    let (first, last, no_snap) = long_history(&store, pool, args).await?;
+    let (first, last, no_snap) = long_history(pool, args).await?;
     out(&format!(
-        "(c) one agent, sequential: {first:.0} commands/s at event 1, {last:.0} commands/s at event {} ({:+.1}%); without snapshots at event 1,000: {no_snap:.0} commands/s",
+        "(c) one agent, sequential, no aggregate cache: {first:.0} commands/s at event 1, {last:.0} commands/s at event {} ({:+.1}%); without snapshots at event 1,000: {no_snap:.0} commands/s",
         args.long_history,
         (last / first - 1.0) * 100.0
     ));
     let e = drain(pool, client, settings, args).await?;
-    out(&format!("(e) relay backlog of {} events drained at {e:.0} events/s", args.backlog));
+    out(&format!(
+        "(e) relay backlog of {} events drained at {e:.0} events/s",
+        args.backlog
+    ));
+    notify_cancel.cancel();
     Ok(())
 }
 
@@ -139,7 +175,8 @@ async fn raw_inserts(pool: &PgPool, args: &Args) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..args.tasks {
-        let (pool, count, stop, payload) = (pool.clone(), count.clone(), stop.clone(), payload.clone());
+        let (pool, count, stop, payload) =
+            (pool.clone(), count.clone(), stop.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 sqlx::query("insert into bench_raw (agent, payload) values ($1, $2::json)")
@@ -183,14 +220,18 @@ async fn commands(store: &AgentStore, args: &Args) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..args.tasks {
-        let (store, count, stop, agents) = (store.clone(), count.clone(), stop.clone(), agents.clone());
+        let (store, count, stop, agents) =
+            (store.clone(), count.clone(), stop.clone(), agents.clone());
+        let step = args.tasks as u64;
         tasks.push(tokio::spawn(async move {
             let mut n = t as u64;
             while !stop.load(Ordering::Relaxed) {
                 let id = &agents[(n.wrapping_mul(2_654_435_761) % 1000) as usize];
-                store.execute_with_retry(id, error_cmd(n), meta(), 20).await?;
+                store
+                    .execute_with_retry(id, error_cmd(n), meta(), 20)
+                    .await?;
                 count.fetch_add(1, Ordering::Relaxed);
-                n += args_tasks(t);
+                n += step;
             }
             anyhow::Ok(())
         }));
@@ -198,21 +239,22 @@ async fn commands(store: &AgentStore, args: &Args) -> anyhow::Result<f64> {
     timed(count, stop, tasks, args.seconds).await
 }
 
-fn args_tasks(_t: usize) -> u64 {
-    32
-}
-
 fn spawn_relay(
     pool: &PgPool,
     client: &async_nats::Client,
     settings: &StreamSettings,
     cancel: &CancellationToken,
+    notifier: Option<&OutboxNotifier>,
 ) -> tokio::task::JoinHandle<Result<(), opmas_store::Error>> {
     let config = RelayConfig {
         stream: settings.clone(),
         ..RelayConfig::default()
     };
-    tokio::spawn(Relay::new(pool.clone(), client.clone(), config).run(cancel.clone()))
+    let mut relay = Relay::new(pool.clone(), client.clone(), config);
+    if let Some(n) = notifier {
+        relay = relay.with_wake(n.subscribe());
+    }
+    tokio::spawn(relay.run(cancel.clone()))
 }
 
 async fn latency(
@@ -227,8 +269,11 @@ async fn latency(
     }
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(&settings.name).await?;
+    // A push consumer: the server delivers each message as soon as it is
+    // stored (a pull consumer adds its request round trips to the figure).
     let consumer = stream
         .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
             headers_only: true,
             ..OrderedConfig::default()
@@ -243,7 +288,9 @@ async fn latency(
             let mut hist = Histogram::<u64>::new(3)?;
             let mut seen = 0;
             while seen < total {
-                let Some(msg) = messages.next().await else { break };
+                let Some(msg) = messages.next().await else {
+                    break;
+                };
                 let now = Instant::now();
                 let msg = msg?;
                 let h = msg.headers.as_ref().context("headers")?;
@@ -274,7 +321,9 @@ async fn latency(
             for i in 0..per_task {
                 tick.tick().await;
                 let id = format!("agent-{}", (t * 100 + i % 100) % 1000);
-                let events = store.execute_with_retry(&id, error_cmd(i), meta(), 20).await?;
+                let events = store
+                    .execute_with_retry(&id, error_cmd(i), meta(), 20)
+                    .await?;
                 let now = Instant::now();
                 let mut map = committed.lock().await;
                 for e in events {
@@ -287,13 +336,16 @@ async fn latency(
     for t in tasks {
         t.await??;
     }
-    Ok(tokio::time::timeout(Duration::from_secs(30), reader).await???)
+    tokio::time::timeout(Duration::from_secs(30), reader).await??
 }
 
 /// (c): sequential commands on one agent, fresh and at `long_history` events.
-async fn long_history(store: &AgentStore, pool: &PgPool, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
+/// The aggregate cache is off here, so every command loads the agent from
+/// Postgres (snapshot + tail): this is the cost the snapshots bound.
+async fn long_history(pool: &PgPool, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
+    let store = AgentStore::new(pool.clone()).with_cache_capacity(0);
     let n = 2_000u64;
-    let rate = |store: AgentStore, id: &'static str| async move {
+    let rate = |store: AgentStore, id: &'static str, n: u64| async move {
         let start = Instant::now();
         for i in 0..n {
             store.execute(id, error_cmd(i), meta()).await?;
@@ -301,13 +353,13 @@ async fn long_history(store: &AgentStore, pool: &PgPool, args: &Args) -> anyhow:
         anyhow::Ok(n as f64 / start.elapsed().as_secs_f64())
     };
     store.execute("fresh", register("fresh")?, meta()).await?;
-    let first = rate(store.clone(), "fresh").await?;
+    let first = rate(store.clone(), "fresh", n).await?;
 
-    // Grow "long" to long_history events in bulk (same payloads the commands
-    // write), then let one command take a snapshot before measuring.
+    // Grow "long" to long_history events in bulk (copies of the payload the
+    // commands write), then let commands cross a snapshot boundary.
     store.execute("long", register("long")?, meta()).await?;
     store.execute("long", error_cmd(0), meta()).await?;
-    let target = args.long_history - n as i64;
+    let target = args.long_history - n as i64 - 64;
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          select 'Agent', 'long', g, event_type, event_version, payload, metadata \
@@ -317,22 +369,16 @@ async fn long_history(store: &AgentStore, pool: &PgPool, args: &Args) -> anyhow:
     .execute(pool)
     .await?;
     sqlx::query("delete from outbox").execute(pool).await?;
-    for i in 0..64 {
-        store.execute("long", error_cmd(i), meta()).await?; // reaches a snapshot boundary
-    }
-    let last = rate(store.clone(), "long").await?;
+    rate(store.clone(), "long", 64).await?;
+    let last = rate(store.clone(), "long", n).await?;
 
-    // The same at event 1,000 without snapshots (postgres-es's default mode).
+    // Without snapshots (postgres-es's default mode), at event 1,000.
     let plain = store.clone().with_snapshot_every(0);
     plain.execute("plain", register("plain")?, meta()).await?;
     for i in 0..999 {
         plain.execute("plain", error_cmd(i), meta()).await?;
     }
-    let start = Instant::now();
-    for i in 0..200 {
-        plain.execute("plain", error_cmd(i), meta()).await?;
-    }
-    let no_snap = 200.0 / start.elapsed().as_secs_f64();
+    let no_snap = rate(plain, "plain", 200).await?;
     sqlx::query("delete from outbox").execute(pool).await?;
     Ok((first, last, no_snap))
 }
@@ -359,7 +405,7 @@ async fn drain(
     let total = opmas_store::relay::backlog(pool).await?;
     let cancel = CancellationToken::new();
     let start = Instant::now();
-    let relay = spawn_relay(pool, client, settings, &cancel);
+    let relay = spawn_relay(pool, client, settings, &cancel, None);
     loop {
         if opmas_store::relay::backlog(pool).await? == 0 {
             break;
