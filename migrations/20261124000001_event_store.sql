@@ -43,7 +43,6 @@ create table outbox
     repair         boolean     not null default false,
     created_at     timestamptz not null default now()
 );
-create index outbox_event on outbox (aggregate_type, aggregate_id, sequence);
 
 create function opmas_outbox_capture() returns trigger
     language plpgsql as

@@ -482,3 +482,44 @@ async fn verify_finds_differences_and_repair_fixes_them() {
     delete_stream(&client, &settings).await;
     db.cleanup().await;
 }
+
+/// The relay dies after JetStream acknowledged a batch but before it deleted
+/// the outbox rows: the next relay publishes them again under the same
+/// message ids, and the stream's duplicate window drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn republishing_after_a_lost_bookkeeping_step_adds_nothing() {
+    let db = TestDb::new().await;
+    let client = nats().await;
+    let settings = stream();
+    let store = AgentStore::new(db.pool.clone());
+    for i in 0..5 {
+        let id = format!("d{i}");
+        store
+            .execute(&id, register(&id), meta("test"))
+            .await
+            .unwrap();
+        store
+            .execute(&id, record_error(i), meta("test"))
+            .await
+            .unwrap();
+    }
+    for round in 0..2 {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(relay(&db, &client, &settings).run(cancel.clone()));
+        let report = settled_report(&db, &client, &settings).await;
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+        assert!(report.is_clean(), "round {round}: {report:?}");
+        assert_eq!(report.stream_messages, 10, "round {round}");
+        // Put every row back, as if the deletes had never happened.
+        sqlx::query(
+            "insert into outbox (aggregate_type, aggregate_id, sequence) \
+             select aggregate_type, aggregate_id, sequence from events order by aggregate_id, sequence",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    delete_stream(&client, &settings).await;
+    db.cleanup().await;
+}

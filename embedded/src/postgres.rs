@@ -32,6 +32,7 @@ impl Postgres {
         let data = dir.join("data");
         if let Some(user) = &run_as {
             chown_to(&dir, user).await?;
+            reachable_by(&dir, user).await?;
         }
         if !data.join("PG_VERSION").exists() {
             let initdb = program("initdb")?;
@@ -177,6 +178,21 @@ async fn run_as_user() -> Result<Option<String>, Error> {
         });
     }
     Ok(Some("postgres".into()))
+}
+
+/// The server runs as `user`: every directory above `dir` must let it in.
+async fn reachable_by(dir: &Path, user: &str) -> Result<(), Error> {
+    let mut test = Command::new("runuser");
+    test.args(["-u", user, "--", "test", "-w"]).arg(dir);
+    run(test, "access check").await.map_err(|_| Error::Failed {
+        command: format!("runuser -u {user} -- test -w {}", dir.display()),
+        output: format!(
+            "PostgreSQL runs as `{user}` (it refuses root) and cannot reach {}: a directory \
+             above it is closed to that user; choose a data directory it can traverse \
+             (e.g. --data-dir /var/lib/opmas) or open the parents (chmod o+x)",
+            dir.display()
+        ),
+    })
 }
 
 async fn chown_to(dir: &Path, user: &str) -> Result<(), Error> {

@@ -28,7 +28,7 @@ enum Which {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,sqlx=error"))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().which {

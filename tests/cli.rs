@@ -1,0 +1,218 @@
+//! The `opmas` binary as users run it: `dev`, `migrate`, `events verify`,
+//! `--dump-config`, and the errors of a bad setup.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use opmas_store::{AgentStore, Relay, RelayConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+fn opmas() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_opmas"));
+    for var in ["OPMAS_DATABASE_URL", "OPMAS_NATS_URL", "OPMAS_DATA_DIR"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("OPMAS_LOG", "warn").kill_on_drop(true);
+    cmd
+}
+
+/// `opmas dev` with nothing configured starts its own PostgreSQL and
+/// nats-server in the data directory, says it is ready, and on Ctrl-C stops
+/// both and exits 0. A second start reuses the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL runs as `postgres` when we are root: let it in.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for round in 0..2 {
+        let mut child = opmas()
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let ready = tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.starts_with("Press Ctrl-C") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(ready, "round {round}: not ready: {seen:?}");
+        let text = seen.join("\n");
+        assert!(text.contains("opmas dev ready"), "{text}");
+        assert!(text.contains("postgres://opmas@127.0.0.1:"), "{text}");
+        assert!(text.contains("nats://127.0.0.1:"), "{text}");
+        let pid = child.id().unwrap().to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "round {round}: {exit:?}");
+        let pid_file = dir.path().join("postgres/data/postmaster.pid");
+        assert!(!pid_file.exists(), "round {round}: postgres still running");
+        assert!(dir.path().join("nats/jetstream").exists());
+    }
+}
+
+/// `opmas migrate` applies the migrations once and is harmless again;
+/// without a database it says which setting is missing.
+#[tokio::test]
+async fn migrate_is_idempotent_and_explains_a_missing_url() {
+    let db = TestDb::new().await;
+    for _ in 0..2 {
+        let out = opmas()
+            .arg("migrate")
+            .env("OPMAS_DATABASE_URL", &db.url)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "migrations applied: 1 of 1"
+        );
+    }
+    let out = opmas().arg("migrate").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OPMAS_DATABASE_URL"), "{err}");
+
+    let out = opmas()
+        .arg("migrate")
+        .env(
+            "OPMAS_DATABASE_URL",
+            "postgres://nobody:secret@127.0.0.1:1/none",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at postgres://nobody:***@127.0.0.1:1/none"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "password leaked: {err}");
+    db.cleanup().await;
+}
+
+/// `--dump-config` shows the effective settings, passwords masked.
+#[tokio::test]
+async fn dump_config_masks_passwords() {
+    let out = opmas()
+        .args(["--dump-config", "migrate"])
+        .env("OPMAS_DATABASE_URL", "postgres://u:hunter2@db:5432/opmas")
+        .env("OPMAS_EVENTS_MAX_AGE", "30d")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["database_url"], "postgres://u:***@db:5432/opmas");
+    assert_eq!(json["events_max_age"], "30days");
+    assert_eq!(json["events_stream"], "OPMAS_EVENTS");
+    let out = opmas()
+        .args(["--events-max-age", "soon", "migrate"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--events-max-age"));
+}
+
+/// `opmas events verify` exits 0 on a clean log, 1 with a difference (and
+/// names it), and `--repair` re-publishes from the event store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_verify_reports_and_repairs() {
+    let db = TestDb::new().await;
+    let client = nats().await;
+    let settings = stream();
+    let store = AgentStore::new(db.pool.clone());
+    for id in ["alpha", "beta"] {
+        store.execute(id, register(id), meta("test")).await.unwrap();
+        store
+            .execute(id, record_error(1), meta("test"))
+            .await
+            .unwrap();
+    }
+    let cancel = CancellationToken::new();
+    let config = RelayConfig {
+        stream: settings.clone(),
+        ..RelayConfig::default()
+    };
+    let relay =
+        tokio::spawn(Relay::new(db.pool.clone(), client.clone(), config).run(cancel.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            opmas_store::relay::backlog(&db.pool).await.unwrap() == 0
+        })
+        .await
+    );
+    cancel.cancel();
+    relay.await.unwrap().unwrap();
+
+    let verify = |extra: &'static [&'static str]| {
+        let mut cmd = opmas();
+        cmd.args(["events", "verify"])
+            .args(extra)
+            .env("OPMAS_DATABASE_URL", &db.url)
+            .env("OPMAS_NATS_URL", nats_url())
+            .env("OPMAS_EVENTS_STREAM", &settings.name)
+            .env("OPMAS_EVENTS_SUBJECT_PREFIX", &settings.subject_prefix);
+        cmd
+    };
+    let out = verify(&[]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("agents: 2  events in store: 4  messages in stream: 4")
+    );
+
+    let js = async_nats::jetstream::new(client.clone());
+    let s = js.get_stream(&settings.name).await.unwrap();
+    let m = s
+        .get_last_raw_message_by_subject(&settings.subject("beta", "ErrorRecorded"))
+        .await
+        .unwrap();
+    s.delete_message(m.sequence).await.unwrap();
+
+    let out = verify(&["-o", "json"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["diffs"][0]["agent_id"], "beta");
+    assert_eq!(report["diffs"][0]["missing"], serde_json::json!([2]));
+
+    let out = verify(&["--repair"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("beta: missing 2"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("in per-agent order"),
+        "{stdout}"
+    );
+    delete_stream(&client, &settings).await;
+    db.cleanup().await;
+}
