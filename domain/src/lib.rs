@@ -14,6 +14,7 @@
 //! - [`spec`]: [`AgentSpec`] and its policies, with [`AgentSpec::validate`].
 //! - [`backoff`]: [`backoff::decide`], the restart decision (delay, intensity).
 //! - [`metadata`]: [`EventMetadata`], who/why/when for each committed event.
+//! - [`telemetry`]: metric samples, log lines and heartbeats (not events).
 //! - [`agent`]: the [`Agent`] aggregate, its commands, events, errors and the
 //!   upcasters for older event versions.
 
@@ -56,6 +57,7 @@ pub mod backoff;
 pub mod id;
 pub mod metadata;
 pub mod spec;
+pub mod telemetry;
 
 pub use agent::{
     Agent, AgentCommand, AgentError, AgentEvent, DesiredState, Health, ProcessIdentity,

@@ -93,3 +93,83 @@ pub mod headers {
     /// The event's schema version.
     pub const EVENT_VERSION: &str = "Opmas-Event-Version";
 }
+
+/// Settings of the telemetry streams `OPMAS_METRICS` and `OPMAS_LOGS`
+/// (filled by supervisors, read by projections). Age- and size-limited: the
+/// read models keep what must last.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// Metrics stream name (`OPMAS_METRICS`).
+    pub metrics_stream: String,
+    /// Metrics subject prefix: samples go to `<prefix>.<agent_id>`.
+    pub metrics_prefix: String,
+    /// Logs stream name (`OPMAS_LOGS`).
+    pub logs_stream: String,
+    /// Logs subject prefix: lines go to `<prefix>.<agent_id>.<level>`.
+    pub logs_prefix: String,
+    /// Max age of both streams.
+    pub max_age: Duration,
+    /// Max bytes of the logs stream (-1: unlimited).
+    pub logs_max_bytes: i64,
+    /// Replicas.
+    pub replicas: usize,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            metrics_stream: "OPMAS_METRICS".into(),
+            metrics_prefix: "opmas.metrics".into(),
+            logs_stream: "OPMAS_LOGS".into(),
+            logs_prefix: "opmas.logs".into(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            logs_max_bytes: 8 * 1024 * 1024 * 1024,
+            replicas: 1,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// Settings with distinct names and prefixes, e.g. for one test.
+    pub fn isolated(tag: &str) -> Self {
+        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        Self {
+            metrics_stream: format!("OPMAS_METRICS_{}", tag.to_uppercase()),
+            metrics_prefix: format!("opmas_{tag}.metrics"),
+            logs_stream: format!("OPMAS_LOGS_{}", tag.to_uppercase()),
+            logs_prefix: format!("opmas_{tag}.logs"),
+            ..Self::default()
+        }
+    }
+
+    /// Subject of one metric sample.
+    pub fn metrics_subject(&self, agent_id: &str) -> String {
+        format!("{}.{agent_id}", self.metrics_prefix)
+    }
+
+    /// Subject of one log line.
+    pub fn logs_subject(&self, agent_id: &str, level: &str) -> String {
+        format!("{}.{agent_id}.{level}", self.logs_prefix)
+    }
+
+    /// Creates or updates both streams.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), Error> {
+        for (name, prefix, max_bytes) in [
+            (&self.metrics_stream, &self.metrics_prefix, -1),
+            (&self.logs_stream, &self.logs_prefix, self.logs_max_bytes),
+        ] {
+            js.create_or_update_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{prefix}.>")],
+                num_replicas: self.replicas,
+                max_age: self.max_age,
+                max_bytes,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        }
+        Ok(())
+    }
+}
