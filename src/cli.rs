@@ -103,6 +103,32 @@ pub enum Command {
     /// Run everything on this machine; starts private Postgres and NATS when
     /// no URLs are configured. Stops them on Ctrl-C.
     Dev(DevArgs),
+    /// Run this node's supervisor: start, watch, restart and adopt agent processes.
+    Supervisor(SupervisorArgs),
+}
+
+/// `opmas supervisor`
+#[derive(Debug, Args, Clone)]
+pub struct SupervisorArgs {
+    /// This node's name (agents are placed on nodes by name).
+    #[arg(long, env = "OPMAS_NODE")]
+    pub node: Option<String>,
+    /// Directory of agents' output files (`<dir>/<agent>/{stdout,stderr}.log`).
+    #[arg(long, env = "OPMAS_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Run only agents whose spec names this node (not the unplaced ones).
+    #[arg(long, env = "OPMAS_ONLY_PLACED")]
+    pub only_placed: bool,
+    /// Every agent is reconciled at least this often.
+    #[arg(long, env = "OPMAS_RECONCILE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Given to agents as MANAGEMENT_API_URL.
+    #[arg(
+        long,
+        env = "OPMAS_MANAGEMENT_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub management_api_url: String,
 }
 
 /// `opmas events ...`
@@ -155,6 +181,9 @@ pub struct DevArgs {
     /// Relay settings.
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// Supervisor settings (its log directory defaults to `<data-dir>/logs`).
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
 }
 
 impl Global {

@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: EventsCommand::Verify(args),
         } => cmd::events::verify(&cli.global, &args).await,
         Command::Dev(dev) => cmd::dev::run(&cli.global, &dev).await,
+        Command::Supervisor(args) => cmd::supervisor::run(&cli.global, &args).await,
     }
 }
 

@@ -1,11 +1,13 @@
 //! `opmas dev`: everything on one machine. Starts a private PostgreSQL and
 //! nats-server in the data directory when no URLs are configured, applies
-//! migrations and runs the relay until Ctrl-C, then stops what it started.
+//! migrations, runs the relay and this node's supervisor until Ctrl-C, then
+//! stops what it started (agent processes keep running and are adopted by
+//! the next start).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use opmas_store::Relay;
+use opmas_store::{AgentStore, OutboxNotifier, Relay};
 
 use crate::cli::{DevArgs, Global};
 use crate::infra::Private;
@@ -28,10 +30,22 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         .context("applying migrations")?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
-    let relay = Relay::new(pool, client, super::relay::config(global, &args.relay));
+    let notifier = OutboxNotifier::spawn(pool.clone(), cancel.clone());
+    let store = AgentStore::new(pool.clone())
+        .with_notifier(notifier.clone())
+        .with_group_commit(64);
+    let relay = Relay::new(
+        pool,
+        client.clone(),
+        super::relay::config(global, &args.relay),
+    )
+    .with_wake(notifier.subscribe());
     let relay = tokio::spawn(relay.run(cancel.clone()));
+    let config = super::supervisor::config(global, &args.supervisor, &args.data_dir.join("logs"));
+    let node = config.node.clone();
+    let supervisor = super::supervisor::spawn(store, client, config, cancel.clone())?;
     crate::println_out(&format!(
-        "opmas dev ready\n  database: {}\n  nats:     {}\n  events:   stream {} ({}.>)\nPress Ctrl-C to stop.",
+        "opmas dev ready\n  database: {}\n  nats:     {}\n  events:   stream {} ({}.>)\n  node:     {node} (supervisor)\nPress Ctrl-C to stop.",
         global
             .database_url
             .as_deref()
@@ -43,5 +57,6 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
     ));
     cancel.cancelled().await;
     relay.await.context("relay task")??;
+    supervisor.await.context("supervisor task")??;
     Ok(ExitCode::SUCCESS)
 }

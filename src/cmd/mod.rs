@@ -4,6 +4,7 @@ pub mod dev;
 pub mod events;
 pub mod migrate;
 pub mod relay;
+pub mod supervisor;
 
 use tokio_util::sync::CancellationToken;
 

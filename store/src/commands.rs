@@ -262,6 +262,17 @@ impl AgentStore {
         Ok(self.store.load_events(agent_id).await?)
     }
 
+    /// Ids of every agent ever registered (deregistered ones included).
+    pub async fn agent_ids(&self) -> Result<Vec<String>, CommandError> {
+        sqlx::query_scalar(
+            "select aggregate_id from events where aggregate_type = 'Agent' and sequence = 1 \
+             order by aggregate_id",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(|e| CommandError::Unavailable(e.to_string()))
+    }
+
     /// The agent's current state (snapshot + tail).
     pub async fn load(&self, agent_id: &str) -> Result<(Agent, usize), CommandError> {
         let context = self.store.load_aggregate(agent_id).await?;

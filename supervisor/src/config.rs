@@ -1,0 +1,62 @@
+//! Supervisor settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opmas_store::StreamSettings;
+
+/// Settings of one node's supervisor.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name (placement, consumer name, event metadata).
+    pub node: String,
+    /// Also run agents whose spec names no node.
+    pub claim_unplaced: bool,
+    /// Agents' output files go to `<log_dir>/<agent_id>/{stdout,stderr}.log`.
+    pub log_dir: PathBuf,
+    /// Every agent is reconciled at least this often (heals missed messages).
+    pub reconcile_interval: Duration,
+    /// The events stream the supervisor consumes.
+    pub stream: StreamSettings,
+    /// Given to agents as `NATS_URL`.
+    pub nats_url: String,
+    /// Given to agents as `MANAGEMENT_API_URL`.
+    pub management_api_url: String,
+    /// Given to agents as `LOG_LEVEL`.
+    pub agent_log_level: String,
+    /// Given to agents as `METRICS_ENABLED`.
+    pub metrics_enabled: bool,
+}
+
+impl Config {
+    /// Defaults for `node`, with the given NATS URL.
+    pub fn new(node: impl Into<String>, nats_url: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            claim_unplaced: true,
+            log_dir: PathBuf::from(".opmas/logs"),
+            reconcile_interval: Duration::from_secs(10),
+            stream: StreamSettings::default(),
+            nats_url: nats_url.into(),
+            management_api_url: "http://127.0.0.1:8080".into(),
+            agent_log_level: "info".into(),
+            metrics_enabled: true,
+        }
+    }
+
+    /// The durable consumer's name for this node.
+    pub fn consumer_name(&self) -> String {
+        let node: String = self
+            .node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("supervisor-{node}")
+    }
+}

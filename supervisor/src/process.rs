@@ -1,0 +1,164 @@
+//! [`Proc`]: one running agent process, spawned here or adopted, and the
+//! future that resolves when it exits (a child's `wait`, or a pidfd for an
+//! adopted process; never polling).
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use opmas_domain::{AgentSpec, ProcessIdentity};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::spawn::{Launch, SpawnError};
+use crate::{Config, identity, signal};
+
+/// How a process ended. Both `None` when unknown (an adopted process: its
+/// exit status went to its new parent, not to us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if it was killed.
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    /// An exit whose status we cannot know.
+    pub fn unknown() -> Self {
+        Self {
+            code: None,
+            signal: None,
+        }
+    }
+}
+
+/// A live agent process this supervisor is responsible for.
+pub(crate) struct Proc {
+    pub identity: ProcessIdentity,
+    exit: oneshot::Receiver<Exit>,
+    kill_at: Option<Instant>,
+    killed: bool,
+}
+
+impl Proc {
+    /// Spawns the agent's process (see [`crate::spawn`]).
+    pub fn spawn(agent_id: &str, spec: &AgentSpec, config: &Config) -> Result<Self, SpawnError> {
+        let dir = config.log_dir.join(agent_id);
+        let open = |name: &str| {
+            std::fs::create_dir_all(&dir)?;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+        };
+        let io_err = |source| SpawnError::Exec {
+            program: spec.command.clone(),
+            source,
+        };
+        let stdout = open("stdout.log").map_err(io_err)?;
+        let stderr = open("stderr.log").map_err(io_err)?;
+        let opmas_env = BTreeMap::from([
+            ("NATS_URL".to_string(), config.nats_url.clone()),
+            (
+                "MANAGEMENT_API_URL".to_string(),
+                config.management_api_url.clone(),
+            ),
+            (
+                "HEARTBEAT_INTERVAL".to_string(),
+                format!("{}", spec.heartbeat.interval_ms as f64 / 1000.0),
+            ),
+            ("LOG_LEVEL".to_string(), config.agent_log_level.clone()),
+            (
+                "METRICS_ENABLED".to_string(),
+                config.metrics_enabled.to_string(),
+            ),
+            ("OPMAS_NODE".to_string(), config.node.clone()),
+        ]);
+        let mut child = crate::spawn::spawn(Launch {
+            agent_id,
+            spec,
+            opmas_env,
+            stdout,
+            stderr,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let identity = identity::identify(pid).unwrap_or(ProcessIdentity {
+            pid,
+            boot_id: identity::boot_id().unwrap_or_default(),
+            start_time_ticks: 0,
+        });
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => Exit {
+                    code: status.code(),
+                    signal: status.signal(),
+                },
+                Err(err) => {
+                    warn!(pid, error = %err, "wait failed");
+                    Exit::unknown()
+                }
+            };
+            let _ = tx.send(exit);
+        });
+        Ok(Self {
+            identity,
+            exit: rx,
+            kill_at: None,
+            killed: false,
+        })
+    }
+
+    /// Watches a process left running by an earlier supervisor.
+    pub fn adopt(identity: ProcessIdentity) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let pid = identity.pid;
+        tokio::spawn(async move {
+            if let Err(err) = signal::wait_exit(pid).await {
+                warn!(pid, error = %err, "cannot watch adopted process");
+            }
+            let _ = tx.send(Exit::unknown());
+        });
+        Self {
+            identity,
+            exit: rx,
+            kill_at: None,
+            killed: false,
+        }
+    }
+
+    /// Resolves when the process in `proc` exits; never, if there is none.
+    pub async fn exited(proc: &mut Option<Proc>) -> Exit {
+        match proc {
+            Some(p) => (&mut p.exit).await.unwrap_or_else(|_| Exit::unknown()),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A stop has been asked.
+    pub fn stopping(&self) -> bool {
+        self.kill_at.is_some()
+    }
+
+    /// Sends `signal` to the process group; after `grace`,
+    /// [`Proc::kill_if_overdue`] sends SIGKILL.
+    pub fn begin_stop(&mut self, grace: Duration, signal: Signal) {
+        if self.kill_at.is_none() {
+            let _ = signal::group(self.identity.pid, signal);
+            self.kill_at = Some(Instant::now() + grace);
+        }
+        self.kill_if_overdue();
+    }
+
+    /// SIGKILL to the group once the grace period is over.
+    pub fn kill_if_overdue(&mut self) {
+        if !self.killed && self.kill_at.is_some_and(|at| at <= Instant::now()) {
+            let _ = signal::group(self.identity.pid, Signal::SIGKILL);
+            self.killed = true;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! [`Supervisor`]: the node's reconciler. It follows `OPMAS_EVENTS` with a
+//! durable consumer, hands each event's agent to that agent's worker, acks
+//! once the worker has acted (and reported what it did), and reconciles
+//! every agent on start and periodically, so a missed message heals itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
+use futures::StreamExt;
+use opmas_store::AgentStore;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::worker::{Msg, Shared, Worker};
+use crate::{Config, Error, identity};
+
+/// One node's supervisor. Build with [`Supervisor::new`], run with
+/// [`Supervisor::run`].
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    workers: HashMap<String, mpsc::Sender<Msg>>,
+}
+
+impl Supervisor {
+    /// A supervisor reporting facts through `store` and following events on `client`.
+    pub fn new(
+        store: AgentStore,
+        client: async_nats::Client,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let boot_id = identity::boot_id().map_err(|e| Error::Host(format!("boot id: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                boot_id,
+            }),
+            client,
+            workers: HashMap::new(),
+        })
+    }
+
+    /// Runs until `cancel`. Agent processes are left running when it stops:
+    /// the next supervisor on this node adopts them.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
+        let workers_cancel = cancel.child_token();
+        info!(node = %self.shared.config.node, "supervisor started");
+        self.reconcile_all(&workers_cancel).await;
+        while !cancel.is_cancelled() {
+            if let Err(err) = self.follow(&cancel, &workers_cancel).await {
+                warn!(error = %err, "event consumer failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                self.reconcile_all(&workers_cancel).await;
+            }
+        }
+        workers_cancel.cancel();
+        Ok(())
+    }
+
+    async fn follow(
+        &mut self,
+        cancel: &CancellationToken,
+        workers_cancel: &CancellationToken,
+    ) -> Result<(), Error> {
+        let js = jetstream::new(self.client.clone());
+        let stream = self
+            .shared
+            .config
+            .stream
+            .ensure(&js)
+            .await
+            .map_err(Error::Store)?;
+        let name = self.shared.config.consumer_name();
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{}.agent.>", self.shared.config.stream.subject_prefix),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::New,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(Error::nats)?;
+        let mut messages = consumer.messages().await.map_err(Error::nats)?;
+        let mut tick = tokio::time::interval(self.shared.config.reconcile_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => self.reconcile_all(workers_cancel).await,
+                next = messages.next() => {
+                    let Some(message) = next else { return Err(Error::Nats("consumer ended".into())) };
+                    let message = message.map_err(Error::nats)?;
+                    let agent = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(opmas_store::stream::headers::AGENT_ID))
+                        .map(|v| v.to_string());
+                    let Some(agent) = agent else {
+                        let _ = message.ack().await;
+                        continue;
+                    };
+                    let (done, acted) = oneshot::channel();
+                    self.send(&agent, Some(done), workers_cancel);
+                    // Ack once the worker has acted on it (its reports are durable).
+                    tokio::spawn(async move {
+                        if acted.await.is_ok() {
+                            let _ = message.ack().await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    async fn reconcile_all(&mut self, workers_cancel: &CancellationToken) {
+        match self.shared.store.agent_ids().await {
+            Ok(ids) => {
+                for id in ids {
+                    self.send(&id, None, workers_cancel);
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot list agents"),
+        }
+    }
+
+    fn send(&mut self, agent: &str, done: Option<oneshot::Sender<()>>, cancel: &CancellationToken) {
+        let shared = &self.shared;
+        let tx = self
+            .workers
+            .entry(agent.to_string())
+            .or_insert_with(|| Worker::start(agent.to_string(), shared.clone(), cancel.clone()));
+        match tx.try_send(Msg::Reconcile(done)) {
+            Ok(()) => {}
+            // A full queue already holds a reconcile that will see this change.
+            Err(mpsc::error::TrySendError::Full(Msg::Reconcile(Some(done)))) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Reconcile(Some(done))).await;
+                });
+            }
+            Err(_) => {}
+        }
+    }
+}

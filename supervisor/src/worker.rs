@@ -1,0 +1,344 @@
+//! One task per agent: it owns the agent's process and reconciles desired
+//! and observed state, one step at a time, so that operations on one agent
+//! never interleave while different agents proceed in parallel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use opmas_domain::{
+    Agent, AgentCommand, AgentError, AgentEvent, DesiredState, EventMetadata, ProcessStatus,
+    RestartDecision, Severity,
+};
+use opmas_store::{AgentStore, CommandError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::process::{Exit, Proc};
+use crate::{Config, identity};
+
+/// What a worker is asked to do.
+pub(crate) enum Msg {
+    /// Compare desired and observed state and act; answer when done.
+    Reconcile(Option<oneshot::Sender<()>>),
+}
+
+/// State shared by all workers of a supervisor.
+pub(crate) struct Shared {
+    pub store: AgentStore,
+    pub config: Config,
+    pub boot_id: String,
+}
+
+pub(crate) struct Worker {
+    id: String,
+    shared: Arc<Shared>,
+    proc: Option<Proc>,
+    wake_at: Option<Instant>,
+    spawn_failures: u32,
+}
+
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Worker {
+    pub fn start(id: String, shared: Arc<Shared>, cancel: CancellationToken) -> mpsc::Sender<Msg> {
+        let (tx, rx) = mpsc::channel(64);
+        let worker = Self {
+            id,
+            shared,
+            proc: None,
+            wake_at: None,
+            spawn_failures: 0,
+        };
+        tokio::spawn(worker.run(rx, cancel));
+        tx
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToken) {
+        loop {
+            let wake = self.wake_at;
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Reconcile(done)) => {
+                        self.reconcile().await;
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    None => break,
+                },
+                exit = Proc::exited(&mut self.proc) => {
+                    self.on_exit(exit).await;
+                    self.reconcile().await;
+                }
+                () = sleep_until(wake) => {
+                    self.wake_at = None;
+                    self.reconcile().await;
+                }
+                () = cancel.cancelled() => break,
+            }
+        }
+        // Processes keep running when the supervisor stops: the next one adopts them.
+    }
+
+    fn meta(&self) -> HashMap<String, String> {
+        let node = &self.shared.config.node;
+        EventMetadata::new(format!("supervisor:{node}"), new_id(), Utc::now())
+            .with_node(node.clone())
+            .to_map()
+    }
+
+    async fn report(&self, command: AgentCommand) -> Result<Vec<AgentEvent>, CommandError> {
+        let events = self
+            .shared
+            .store
+            .execute_with_retry(&self.id, command, self.meta(), 20)
+            .await?;
+        Ok(events.into_iter().map(|e| e.payload).collect())
+    }
+
+    fn wake_in(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    async fn reconcile(&mut self) {
+        let agent = match self.shared.store.load(&self.id).await {
+            Ok((agent, _)) => agent,
+            Err(err) => {
+                warn!(agent_id = %self.id, error = %err, "cannot load agent; retrying");
+                self.wake_in(RETRY);
+                return;
+            }
+        };
+        if !agent.registered || agent.deregistered || !self.placed_here(&agent) {
+            self.stop_now();
+            return;
+        }
+        self.kill_overdue();
+        match agent.status {
+            ProcessStatus::Starting | ProcessStatus::Backoff => self.ensure_started(&agent).await,
+            ProcessStatus::Running | ProcessStatus::Degraded => self.ensure_watched(&agent).await,
+            ProcessStatus::Stopping => self.ensure_stopping(&agent).await,
+            ProcessStatus::Registered | ProcessStatus::Stopped | ProcessStatus::Failed => {
+                self.begin_stop(&agent);
+            }
+        }
+    }
+
+    fn placed_here(&self, agent: &Agent) -> bool {
+        let node = &self.shared.config.node;
+        match agent.spec.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(wanted) => wanted == node,
+            None => match (&agent.node, agent.status.has_process()) {
+                (Some(running_on), true) => running_on == node,
+                _ => self.shared.config.claim_unplaced,
+            },
+        }
+    }
+
+    async fn ensure_started(&mut self, agent: &Agent) {
+        if agent.desired != DesiredState::Running {
+            return;
+        }
+        if let Some(proc) = &self.proc {
+            if !proc.stopping() {
+                // Spawned, but the report did not land: say it again (idempotent).
+                self.report_started(proc.identity.clone()).await;
+            }
+            return;
+        }
+        if self.wake_at.is_some_and(|w| w > Instant::now()) {
+            return; // backoff delay still running
+        }
+        self.spawn(agent).await;
+    }
+
+    async fn spawn(&mut self, agent: &Agent) {
+        let Some(spec) = agent.spec.as_ref() else {
+            return;
+        };
+        match Proc::spawn(&self.id, spec, &self.shared.config) {
+            Ok(proc) => {
+                self.spawn_failures = 0;
+                info!(agent_id = %self.id, pid = proc.identity.pid, "started");
+                let identity = proc.identity.clone();
+                self.proc = Some(proc);
+                self.report_started(identity).await;
+            }
+            Err(err) => {
+                self.spawn_failures += 1;
+                warn!(agent_id = %self.id, error = %err, "spawn failed");
+                let delay = spec.restart.initial_delay_ms.max(1_000) << self.spawn_failures.min(5);
+                self.wake_in(Duration::from_millis(
+                    delay.min(spec.restart.max_delay_ms.max(1_000)),
+                ));
+                if self.spawn_failures == 1 {
+                    let _ = self
+                        .report(AgentCommand::RecordError {
+                            severity: Severity::Error,
+                            category: "process".into(),
+                            error_type: "SpawnFailed".into(),
+                            message: err.to_string(),
+                            context: serde_json::json!({ "command": spec.command, "args": spec.args }),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn report_started(&mut self, identity: opmas_domain::ProcessIdentity) {
+        let node = self.shared.config.node.clone();
+        let at = Utc::now();
+        match self
+            .report(AgentCommand::ReportProcessStarted { node, identity, at })
+            .await
+        {
+            Ok(_) => {}
+            Err(CommandError::Rejected(err)) => {
+                // Desired state moved on (e.g. stopped meanwhile): the process must go.
+                debug!(agent_id = %self.id, error = %err, "start refused; stopping the process");
+                if let Some(proc) = &mut self.proc {
+                    proc.begin_stop(Duration::from_secs(5), nix::sys::signal::Signal::SIGTERM);
+                }
+            }
+            Err(err) => {
+                warn!(agent_id = %self.id, error = %err, "cannot report start; retrying");
+                self.wake_in(RETRY);
+            }
+        }
+    }
+
+    async fn ensure_watched(&mut self, agent: &Agent) {
+        if let Some(proc) = &self.proc {
+            if agent.pid.is_some_and(|pid| pid != proc.identity.pid) {
+                warn!(agent_id = %self.id, "a process the agent does not know about: stopping it");
+                self.begin_stop(agent);
+            }
+            return;
+        }
+        if let Some(identity) = &agent.process
+            && identity.boot_id == self.shared.boot_id
+            && identity::is_alive(identity)
+        {
+            info!(agent_id = %self.id, pid = identity.pid, "adopted running process");
+            self.proc = Some(Proc::adopt(identity.clone()));
+            return;
+        }
+        // Recorded as running, but gone (it died while no supervisor watched).
+        let Some(pid) = agent.pid else { return };
+        self.report_exit(pid, Exit::unknown()).await;
+        self.wake_in(Duration::ZERO);
+    }
+
+    async fn ensure_stopping(&mut self, agent: &Agent) {
+        if self.proc.is_none()
+            && let Some(identity) = &agent.process
+            && identity.boot_id == self.shared.boot_id
+            && identity::is_alive(identity)
+        {
+            self.proc = Some(Proc::adopt(identity.clone()));
+        }
+        if self.proc.is_some() {
+            self.begin_stop(agent);
+            return;
+        }
+        match self
+            .report(AgentCommand::ReportStopped { at: Utc::now() })
+            .await
+        {
+            Ok(_) | Err(CommandError::Rejected(_)) => self.wake_in(Duration::ZERO),
+            Err(err) => {
+                warn!(agent_id = %self.id, error = %err, "cannot report stop; retrying");
+                self.wake_in(RETRY);
+            }
+        }
+    }
+
+    /// Signals the process group with the spec's stop signal; SIGKILL follows
+    /// after the grace period (see [`Worker::kill_overdue`]).
+    fn begin_stop(&mut self, agent: &Agent) {
+        let Some(proc) = &mut self.proc else { return };
+        if proc.stopping() {
+            return;
+        }
+        let (grace, signal) = agent.spec.as_ref().map_or(
+            (Duration::from_secs(10), nix::sys::signal::Signal::SIGTERM),
+            |s| {
+                (
+                    Duration::from_millis(s.stop_grace_ms),
+                    crate::signal::parse(&s.stop_signal)
+                        .unwrap_or(nix::sys::signal::Signal::SIGTERM),
+                )
+            },
+        );
+        proc.begin_stop(grace, signal);
+        self.wake_in(grace);
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(proc) = &mut self.proc {
+            proc.begin_stop(Duration::ZERO, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn kill_overdue(&mut self) {
+        if let Some(proc) = &mut self.proc {
+            proc.kill_if_overdue();
+        }
+    }
+
+    async fn on_exit(&mut self, exit: Exit) {
+        let Some(proc) = self.proc.take() else { return };
+        let pid = proc.identity.pid;
+        // Nothing of the agent may outlive it: kill what is left of its group.
+        let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
+        info!(agent_id = %self.id, pid, code = ?exit.code, signal = ?exit.signal, "exited");
+        self.report_exit(pid, exit).await;
+    }
+
+    async fn report_exit(&mut self, pid: u32, exit: Exit) {
+        let command = AgentCommand::ReportProcessExited {
+            pid,
+            code: exit.code,
+            signal: exit.signal,
+            at: Utc::now(),
+            jitter_sample: rand::random::<f64>(),
+        };
+        match self.report(command).await {
+            Ok(events) => {
+                for event in events {
+                    if let AgentEvent::ProcessExited {
+                        decision: RestartDecision::Restart { delay_ms, .. },
+                        ..
+                    } = event
+                    {
+                        self.wake_in(Duration::from_millis(delay_ms));
+                    }
+                }
+            }
+            Err(CommandError::Rejected(AgentError::StaleFact { reason })) => {
+                debug!(agent_id = %self.id, reason, "exit of an old process");
+            }
+            Err(err) => {
+                warn!(agent_id = %self.id, error = %err, "cannot report exit; retrying");
+                self.wake_in(RETRY);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

@@ -1,0 +1,506 @@
+//! The supervisor with real processes, a real Postgres and nats-server.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use opmas_domain::{
+    Agent, AgentCommand, AgentEvent, AgentId, AgentSpec, ProcessStatus, RestartDecision,
+};
+use opmas_store::{AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings};
+use opmas_supervisor::{Config, Supervisor};
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    db: TestDb,
+    client: async_nats::Client,
+    settings: StreamSettings,
+    store: AgentStore,
+    cancel: CancellationToken,
+    logs: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let h = Self::without_supervisor().await;
+        h.start_supervisor();
+        h
+    }
+
+    async fn without_supervisor() -> Self {
+        let db = TestDb::new().await;
+        let client = nats().await;
+        let settings = stream();
+        let cancel = CancellationToken::new();
+        let notifier = OutboxNotifier::spawn(db.pool.clone(), cancel.clone());
+        let store = AgentStore::new(db.pool.clone()).with_notifier(notifier.clone());
+        let relay = Relay::new(
+            db.pool.clone(),
+            client.clone(),
+            RelayConfig {
+                stream: settings.clone(),
+                ..RelayConfig::default()
+            },
+        )
+        .with_wake(notifier.subscribe());
+        tokio::spawn(relay.run(cancel.clone()));
+        let logs = tempfile::tempdir().unwrap();
+        Self {
+            db,
+            client,
+            settings,
+            store,
+            cancel,
+            logs,
+        }
+    }
+
+    /// `opmas supervisor` as its own OS process.
+    fn spawn_supervisor_process(&self) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_opmas"))
+            .args([
+                "supervisor",
+                "--node",
+                "node-a",
+                "--reconcile-interval",
+                "500ms",
+            ])
+            .arg("--log-dir")
+            .arg(self.logs.path())
+            .env("OPMAS_DATABASE_URL", &self.db.url)
+            .env("OPMAS_NATS_URL", nats_url())
+            .env("OPMAS_EVENTS_STREAM", &self.settings.name)
+            .env("OPMAS_EVENTS_SUBJECT_PREFIX", &self.settings.subject_prefix)
+            .env("OPMAS_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::new("node-a", nats_url());
+        config.log_dir = self.logs.path().to_path_buf();
+        config.stream = self.settings.clone();
+        config.reconcile_interval = Duration::from_millis(500);
+        config
+    }
+
+    fn start_supervisor(&self) {
+        let supervisor =
+            Supervisor::new(self.store.clone(), self.client.clone(), self.config()).unwrap();
+        tokio::spawn(supervisor.run(self.cancel.clone()));
+    }
+
+    async fn register(&self, id: &str, spec: AgentSpec) {
+        let cmd = AgentCommand::Register {
+            agent_id: AgentId::parse(id).unwrap(),
+            spec,
+        };
+        self.store.execute(id, cmd, meta("test")).await.unwrap();
+    }
+
+    async fn command(&self, id: &str, cmd: AgentCommand) {
+        self.store.execute(id, cmd, meta("operator")).await.unwrap();
+    }
+
+    async fn agent(&self, id: &str) -> Agent {
+        AgentStore::new(self.db.pool.clone())
+            .load(id)
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Agent) -> bool) -> Agent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let agent = self.agent(id).await;
+            if check(&agent) {
+                return agent;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id}: waited 20 s for {what}; state: {:?} desired {:?} pid {:?}",
+                agent.status,
+                agent.desired,
+                agent.pid
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn events(&self, id: &str) -> Vec<AgentEvent> {
+        self.store
+            .events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect()
+    }
+
+    async fn finish(self) {
+        self.cancel.cancel();
+        delete_stream(&self.client, &self.settings).await;
+        self.db.cleanup().await;
+    }
+}
+
+fn sh(script: &str) -> AgentSpec {
+    let mut spec = spec();
+    spec.command = "sh".into();
+    spec.args = vec!["-c".into(), script.into()];
+    spec.restart.initial_delay_ms = 20;
+    spec.stop_grace_ms = 2_000;
+    spec
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Members of process group `pgid`, from /proc.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // fields[0] = state, fields[2] = pgrp
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Start, `kill -9` (restarted, facts in order), stop (process gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_crash_restart_and_stop() {
+    let h = Harness::new().await;
+    h.register("worker", sh("echo hello; exec sleep 1000"))
+        .await;
+    h.command("worker", AgentCommand::Start).await;
+    let first = h
+        .wait_for("worker", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let pid = first.pid.unwrap();
+    assert!(alive(pid));
+    assert_eq!(first.node.as_deref(), Some("node-a"));
+
+    kill(pid, "-9");
+    let second = h
+        .wait_for("worker", "a new process", |a| {
+            a.status == ProcessStatus::Running && a.pid.is_some_and(|p| p != pid)
+        })
+        .await;
+    assert_eq!(second.restart_count, 1);
+    let events = h.events("worker").await;
+    let tail: Vec<&AgentEvent> = events.iter().rev().take(2).collect();
+    assert!(
+        matches!(tail[0], AgentEvent::ProcessStarted { .. }),
+        "{tail:?}"
+    );
+    match tail[1] {
+        AgentEvent::ProcessExited {
+            pid: p,
+            signal,
+            decision,
+            ..
+        } => {
+            assert_eq!((*p, *signal), (pid, Some(9)));
+            assert!(
+                matches!(decision, RestartDecision::Restart { attempt: 1, .. }),
+                "{decision:?}"
+            );
+        }
+        other => panic!("expected ProcessExited, got {other:?}"),
+    }
+    let out = std::fs::read_to_string(h.logs.path().join("worker/stdout.log")).unwrap();
+    assert_eq!(out.matches("hello").count(), 2, "{out}");
+
+    h.command("worker", AgentCommand::Stop).await;
+    let stopped = h
+        .wait_for("worker", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    assert_eq!(stopped.pid, None);
+    let new_pid = second.pid.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async move { !alive(new_pid) }).await,
+        "process {new_pid} survived stop"
+    );
+    h.finish().await;
+}
+
+/// Stop kills the whole process group: children the agent spawned too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_kills_grandchildren() {
+    let h = Harness::new().await;
+    h.register("parent", sh("sleep 1000 & sleep 1000 & wait"))
+        .await;
+    h.command("parent", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("parent", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let pid = agent.pid.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            group_members(pid).len() == 3
+        })
+        .await,
+        "expected sh and two sleeps in group {pid}: {:?}",
+        group_members(pid)
+    );
+    h.command("parent", AgentCommand::Stop).await;
+    h.wait_for("parent", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            group_members(pid).is_empty()
+        })
+        .await,
+        "left behind: {:?}",
+        group_members(pid)
+    );
+    h.finish().await;
+}
+
+/// An agent that ignores SIGTERM is killed after its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stubborn_agent_is_killed_after_grace() {
+    let h = Harness::new().await;
+    let mut spec = sh("trap '' TERM; sleep 1000");
+    spec.stop_grace_ms = 300;
+    h.register("stubborn", spec).await;
+    h.command("stubborn", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("stubborn", "running", |a| {
+            a.status == ProcessStatus::Running
+        })
+        .await;
+    let pid = agent.pid.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let sh install its trap
+    h.command("stubborn", AgentCommand::Stop).await;
+    h.wait_for("stubborn", "stopped", |a| {
+        a.status == ProcessStatus::Stopped
+    })
+    .await;
+    assert!(!alive(pid));
+    let events = h.events("stubborn").await;
+    let exit = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            AgentEvent::ProcessExited { signal, .. } => Some(*signal),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(exit, Some(9), "SIGTERM was ignored, so SIGKILL ended it");
+    h.finish().await;
+}
+
+/// A crash loop follows the restart policy: growing delays, then `failed`
+/// once the intensity (3 restarts in 60 s) is exceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_loop_backs_off_then_fails() {
+    let h = Harness::new().await;
+    let mut spec = sh("exit 3");
+    spec.restart.initial_delay_ms = 50;
+    spec.restart.multiplier = 2.0;
+    spec.restart.jitter = 0.0;
+    spec.restart.intensity = 3;
+    spec.restart.period_ms = 60_000;
+    h.register("crashy", spec).await;
+    h.command("crashy", AgentCommand::Start).await;
+    let failed = h
+        .wait_for("crashy", "failed", |a| a.status == ProcessStatus::Failed)
+        .await;
+    assert_eq!(failed.restart_count, 3);
+    let events = h.events("crashy").await;
+    let decisions: Vec<RestartDecision> = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::ProcessExited { code, decision, .. } => {
+                assert_eq!(*code, Some(3));
+                Some(*decision)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            RestartDecision::Restart {
+                delay_ms: 50,
+                attempt: 1
+            },
+            RestartDecision::Restart {
+                delay_ms: 100,
+                attempt: 2
+            },
+            RestartDecision::Restart {
+                delay_ms: 200,
+                attempt: 3
+            },
+            RestartDecision::GiveUp {
+                restarts_in_period: 3
+            },
+        ]
+    );
+    assert!(
+        matches!(events.last(), Some(AgentEvent::AgentFailed { .. })),
+        "{:?}",
+        events.last()
+    );
+    // The delays were honoured: each start is at least the delay after the exit.
+    let times: Vec<(&str, chrono::DateTime<chrono::Utc>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::ProcessStarted { at, .. } => Some(("start", *at)),
+            AgentEvent::ProcessExited { at, .. } => Some(("exit", *at)),
+            _ => None,
+        })
+        .collect();
+    for (i, delay) in [(1usize, 50i64), (3, 100), (5, 200)] {
+        assert_eq!((times[i].0, times[i + 1].0), ("exit", "start"));
+        let gap = (times[i + 1].1 - times[i].1).num_milliseconds();
+        assert!(
+            gap >= delay,
+            "restart {i}: started {gap} ms after exit, delay {delay} ms"
+        );
+    }
+    h.finish().await;
+}
+
+/// A program that does not exist: the error is recorded, nothing crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_program_is_recorded_as_an_error() {
+    let h = Harness::new().await;
+    let mut spec = spec();
+    spec.command = "/nonexistent/agent-binary".into();
+    h.register("ghost", spec).await;
+    h.command("ghost", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("ghost", "an error", |a| a.last_error.is_some())
+        .await;
+    let error = agent.last_error.unwrap();
+    assert!(error.contains("/nonexistent/agent-binary"), "{error}");
+    assert_eq!(agent.status, ProcessStatus::Starting);
+    h.finish().await;
+}
+
+/// The supervisor, as its own OS process, is `kill -9`ed while agents run
+/// (and one crash-loops), then started again, three times: running agents
+/// are adopted (same pid, never started twice), the crash-looping one keeps
+/// being restarted with counters that never go backwards, and a stop after
+/// adoption still kills the adopted processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervisor_killed_and_restarted_adopts_its_agents() {
+    let h = Harness::without_supervisor().await;
+    let steady: Vec<String> = (0..5).map(|i| format!("steady-{i}")).collect();
+    for id in &steady {
+        h.register(id, sh("exec sleep 1000")).await;
+        h.command(id, AgentCommand::Start).await;
+    }
+    let mut flaky = sh("sleep 0.3; exit 1");
+    flaky.restart.intensity = 1_000;
+    h.register("flaky", flaky).await;
+    h.command("flaky", AgentCommand::Start).await;
+
+    let mut supervisor = h.spawn_supervisor_process();
+    let mut pids = Vec::new();
+    for id in &steady {
+        let a = h
+            .wait_for(id, "running", |a| a.status == ProcessStatus::Running)
+            .await;
+        pids.push(a.pid.unwrap());
+    }
+    let mut last_restarts = 0;
+    for round in 0..3 {
+        supervisor.start_kill().unwrap();
+        supervisor.wait().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for pid in &pids {
+            assert!(
+                alive(*pid),
+                "round {round}: agent {pid} died with its supervisor"
+            );
+        }
+        supervisor = h.spawn_supervisor_process();
+        let flaky = h
+            .wait_for("flaky", "more restarts", |a| {
+                a.restart_count > last_restarts
+            })
+            .await;
+        assert!(flaky.restart_count > last_restarts);
+        last_restarts = flaky.restart_count;
+        for (id, pid) in steady.iter().zip(&pids) {
+            let a = h.agent(id).await;
+            assert_eq!(
+                (a.status, a.pid),
+                (ProcessStatus::Running, Some(*pid)),
+                "round {round}: {id}"
+            );
+            let starts = h
+                .events(id)
+                .await
+                .iter()
+                .filter(|e| matches!(e, AgentEvent::ProcessStarted { .. }))
+                .count();
+            assert_eq!(starts, 1, "round {round}: {id} was started again");
+            assert_eq!(group_members(*pid).len(), 1, "round {round}: {id}");
+        }
+    }
+    // Counters never went backwards over the whole history.
+    let mut highest = 0;
+    for event in h.events("flaky").await {
+        if let AgentEvent::ProcessExited {
+            decision: RestartDecision::Restart { attempt, .. },
+            ..
+        } = event
+        {
+            assert!(attempt >= 1);
+            highest = highest.max(attempt);
+        }
+    }
+    assert!(highest >= 1);
+    // Adopted processes are still under control: stop them all.
+    for id in &steady {
+        h.command(id, AgentCommand::Stop).await;
+    }
+    for id in &steady {
+        h.wait_for(id, "stopped", |a| a.status == ProcessStatus::Stopped)
+            .await;
+    }
+    for pid in &pids {
+        let pid = *pid;
+        assert!(
+            eventually(Duration::from_secs(5), || async move { !alive(pid) }).await,
+            "{pid} survived"
+        );
+    }
+    h.command("flaky", AgentCommand::Stop).await;
+    h.wait_for("flaky", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    supervisor.start_kill().unwrap();
+    h.finish().await;
+}
