@@ -67,6 +67,41 @@ pub struct Global {
     /// Duplicate window of the events stream (dedupe of re-publishes).
     #[arg(long, global = true, env = "OPMAS_EVENTS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub events_duplicate_window: Duration,
+    /// Stream of agents' metric samples.
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_METRICS_STREAM",
+        default_value = "OPMAS_METRICS"
+    )]
+    pub metrics_stream: String,
+    /// Subject prefix of metric samples (`<prefix>.<agent_id>`).
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_METRICS_SUBJECT_PREFIX",
+        default_value = "opmas.metrics"
+    )]
+    pub metrics_subject_prefix: String,
+    /// Stream of agents' log lines.
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_LOGS_STREAM",
+        default_value = "OPMAS_LOGS"
+    )]
+    pub logs_stream: String,
+    /// Subject prefix of log lines (`<prefix>.<agent_id>.<level>`).
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_LOGS_SUBJECT_PREFIX",
+        default_value = "opmas.logs"
+    )]
+    pub logs_subject_prefix: String,
+    /// Max age of the metrics and logs streams.
+    #[arg(long, global = true, env = "OPMAS_TELEMETRY_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub telemetry_max_age: Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, global = true, env = "OPMAS_LOG", default_value = "info")]
     pub log: String,
@@ -195,6 +230,21 @@ impl Global {
             replicas: self.events_replicas,
             max_age: self.events_max_age,
             duplicate_window: self.events_duplicate_window,
+        }
+    }
+}
+
+impl Global {
+    /// The metrics and logs stream settings from the options.
+    pub fn telemetry(&self) -> opmas_store::TelemetrySettings {
+        opmas_store::TelemetrySettings {
+            metrics_stream: self.metrics_stream.clone(),
+            metrics_prefix: self.metrics_subject_prefix.clone(),
+            logs_stream: self.logs_stream.clone(),
+            logs_prefix: self.logs_subject_prefix.clone(),
+            max_age: self.telemetry_max_age,
+            replicas: self.events_replicas,
+            ..opmas_store::TelemetrySettings::default()
         }
     }
 }

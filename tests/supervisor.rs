@@ -6,10 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use opmas_domain::telemetry::{LogLevel, LogLine};
 use opmas_domain::{
     Agent, AgentCommand, AgentEvent, AgentId, AgentSpec, ProcessStatus, RestartDecision,
 };
-use opmas_store::{AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings};
+use opmas_store::{
+    AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
+};
 use opmas_supervisor::{Config, Supervisor};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +20,8 @@ struct Harness {
     db: TestDb,
     client: async_nats::Client,
     settings: StreamSettings,
+    telemetry: TelemetrySettings,
+    heartbeat_prefix: String,
     store: AgentStore,
     cancel: CancellationToken,
     logs: tempfile::TempDir,
@@ -51,6 +56,8 @@ impl Harness {
             db,
             client,
             settings,
+            telemetry: TelemetrySettings::isolated(&tag()),
+            heartbeat_prefix: format!("opmas_{}.heartbeat", tag()),
             store,
             cancel,
             logs,
@@ -73,6 +80,13 @@ impl Harness {
             .env("OPMAS_NATS_URL", nats_url())
             .env("OPMAS_EVENTS_STREAM", &self.settings.name)
             .env("OPMAS_EVENTS_SUBJECT_PREFIX", &self.settings.subject_prefix)
+            .env("OPMAS_METRICS_STREAM", &self.telemetry.metrics_stream)
+            .env(
+                "OPMAS_METRICS_SUBJECT_PREFIX",
+                &self.telemetry.metrics_prefix,
+            )
+            .env("OPMAS_LOGS_STREAM", &self.telemetry.logs_stream)
+            .env("OPMAS_LOGS_SUBJECT_PREFIX", &self.telemetry.logs_prefix)
             .env("OPMAS_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
@@ -84,6 +98,8 @@ impl Harness {
         config.log_dir = self.logs.path().to_path_buf();
         config.stream = self.settings.clone();
         config.reconcile_interval = Duration::from_millis(500);
+        config.telemetry = self.telemetry.clone();
+        config.heartbeat_prefix = self.heartbeat_prefix.clone();
         config
     }
 
@@ -144,6 +160,9 @@ impl Harness {
     async fn finish(self) {
         self.cancel.cancel();
         delete_stream(&self.client, &self.settings).await;
+        let js = async_nats::jetstream::new(self.client.clone());
+        let _ = js.delete_stream(&self.telemetry.logs_stream).await;
+        let _ = js.delete_stream(&self.telemetry.metrics_stream).await;
         self.db.cleanup().await;
     }
 }
@@ -502,5 +521,281 @@ async fn supervisor_killed_and_restarted_adopts_its_agents() {
     h.wait_for("flaky", "stopped", |a| a.status == ProcessStatus::Stopped)
         .await;
     supervisor.start_kill().unwrap();
+    h.finish().await;
+}
+
+/// Reads every log line in the harness's logs stream.
+async fn log_lines(h: &Harness) -> Vec<(String, LogLine)> {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(h.client.clone());
+    let Ok(stream) = js.get_stream(&h.telemetry.logs_stream).await else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.get_info().await else {
+        return Vec::new();
+    };
+    if info.state.messages == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        out.push((
+            m.subject.to_string(),
+            serde_json::from_slice(&m.payload).unwrap(),
+        ));
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Output lines reach OPMAS_LOGS with their level (JSON, prefix, stream
+/// default) and the files keep them; a flood is rate-limited with the drops
+/// counted, and does not hold up another agent's restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_are_shipped_with_levels_and_floods_are_limited() {
+    let h = Harness::without_supervisor().await;
+    let mut config = h.config();
+    config.logs.rate_per_sec = 50;
+    config.logs.burst = 100;
+    let supervisor = Supervisor::new(h.store.clone(), h.client.clone(), config).unwrap();
+    tokio::spawn(supervisor.run(h.cancel.clone()));
+
+    let script = r#"echo "INFO hello"; echo "ERROR boom" >&2; echo '{"level":"warn","msg":"json"}'; echo plain; exec sleep 1000"#;
+    h.register("talker", sh(script)).await;
+    h.command("talker", AgentCommand::Start).await;
+    let talker = h
+        .wait_for("talker", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = log_lines(&h).await;
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lines.len() >= 4, "got {lines:?}");
+    let by_text = |text: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l.line.contains(text))
+            .unwrap()
+            .clone()
+    };
+    let (subject, hello) = by_text("hello");
+    assert_eq!(hello.level, LogLevel::Info);
+    assert_eq!(subject, h.telemetry.logs_subject("talker", "info"));
+    assert_eq!(hello.pid, talker.pid.unwrap());
+    assert_eq!(by_text("boom").1.level, LogLevel::Error);
+    assert_eq!(by_text("json").1.level, LogLevel::Warn);
+    assert_eq!(by_text("plain").1.level, LogLevel::Info);
+    let file = std::fs::read_to_string(h.logs.path().join("talker/stderr.log")).unwrap();
+    assert_eq!(file, "ERROR boom\n");
+
+    // A flood next to a crash-looping agent.
+    h.register(
+        "flood",
+        sh("i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); done; exec sleep 1000"),
+    )
+    .await;
+    let mut crashy = sh("exit 1");
+    crashy.restart.initial_delay_ms = 10;
+    crashy.restart.jitter = 0.0;
+    crashy.restart.multiplier = 1.0;
+    crashy.restart.intensity = 10_000;
+    h.register("crashy", crashy).await;
+    h.command("flood", AgentCommand::Start).await;
+    h.command("crashy", AgentCommand::Start).await;
+    h.wait_for("crashy", "20 restarts", |a| a.restart_count >= 20)
+        .await;
+    let events = h.events("crashy").await;
+    let mut last_exit = None;
+    let mut worst = 0;
+    for e in &events {
+        match e {
+            AgentEvent::ProcessExited { at, .. } => last_exit = Some(*at),
+            AgentEvent::ProcessStarted { at, .. } => {
+                if let Some(exit) = last_exit.take() {
+                    worst = worst.max((*at - exit).num_milliseconds());
+                }
+            }
+            _ => {}
+        }
+    }
+    // 10 ms policy delay; a blocked supervisor would show seconds here.
+    assert!(
+        worst < 2_000,
+        "a restart waited {worst} ms during the flood"
+    );
+    h.wait_for("flood", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let flood_file = h.logs.path().join("flood/stdout.log");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let f = flood_file.clone();
+            async move {
+                std::fs::read_to_string(f)
+                    .map(|s| s.contains("line 19999"))
+                    .unwrap_or(false)
+            }
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shipped: Vec<LogLine> = log_lines(&h)
+        .await
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.agent_id == "flood")
+        .collect();
+    assert!(
+        shipped.len() < 1_000,
+        "rate limit let {} lines through",
+        shipped.len()
+    );
+    assert!(
+        shipped.len() >= 100,
+        "the burst should pass: {}",
+        shipped.len()
+    );
+    let dropped: u64 = shipped.iter().map(|l| l.dropped_before).sum();
+    assert!(dropped > 10_000, "drops are counted: {dropped}");
+    h.finish().await;
+}
+
+fn beating(script: &str, timeout_ms: u64, auto_recover: bool) -> AgentSpec {
+    let mut spec = sh(script);
+    spec.heartbeat.enabled = true;
+    spec.heartbeat.interval_ms = 200;
+    spec.heartbeat.timeout_ms = timeout_ms;
+    spec.heartbeat.startup_grace_ms = 2_000;
+    spec.recovery.auto = auto_recover;
+    spec
+}
+
+/// Publishes heartbeats for `agent` every 100 ms until the token is cancelled.
+fn heartbeats(h: &Harness, agent: &str) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (client, subject, token) = (
+        h.client.clone(),
+        format!("{}.{agent}", h.heartbeat_prefix),
+        stop.clone(),
+    );
+    tokio::spawn(async move {
+        while !token.is_cancelled() {
+            let _ = client.publish(subject.clone(), "{}".into()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    stop
+}
+
+fn count(events: &[AgentEvent], pred: impl Fn(&AgentEvent) -> bool) -> usize {
+    events.iter().filter(|e| pred(e)).count()
+}
+
+/// Silence within the startup grace is not a loss; a stall after heartbeats
+/// is, once; health recovers when heartbeats resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeat_grace_loss_once_and_recovery_of_health() {
+    let h = Harness::new().await;
+    h.register("beater", beating("exec sleep 1000", 1_000, false))
+        .await;
+    h.command("beater", AgentCommand::Start).await;
+    h.wait_for("beater", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // inside the 2 s grace
+    let lost = |e: &AgentEvent| matches!(e, AgentEvent::HeartbeatLost { .. });
+    assert_eq!(
+        count(&h.events("beater").await, lost),
+        0,
+        "no heartbeat yet, but still in grace"
+    );
+
+    let beats = heartbeats(&h, "beater");
+    tokio::time::sleep(Duration::from_millis(2_000)).await; // past the grace, beating
+    assert_eq!(
+        count(&h.events("beater").await, lost),
+        0,
+        "beating agent reported lost"
+    );
+    beats.cancel();
+    let degraded = h
+        .wait_for("beater", "heartbeat lost", |a| {
+            a.heartbeat_lost && a.status == ProcessStatus::Degraded
+        })
+        .await;
+    assert_eq!(degraded.health, opmas_domain::Health::Critical);
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // still silent
+    assert_eq!(
+        count(&h.events("beater").await, lost),
+        1,
+        "a loss is reported once"
+    );
+
+    let beats = heartbeats(&h, "beater");
+    let healthy = h
+        .wait_for("beater", "healthy again", |a| {
+            a.health == opmas_domain::Health::Healthy
+        })
+        .await;
+    assert_eq!(healthy.status, ProcessStatus::Running);
+    assert!(!healthy.heartbeat_lost);
+    beats.cancel();
+    h.finish().await;
+}
+
+/// With automatic recovery by restart, a lost heartbeat restarts the
+/// process and the recovery is recorded as succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_heartbeat_triggers_restart_recovery() {
+    let h = Harness::new().await;
+    h.register("silent", beating("exec sleep 1000", 500, true))
+        .await;
+    h.command("silent", AgentCommand::Start).await;
+    let first = h
+        .wait_for("silent", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let old = first.pid.unwrap();
+    let recovered = h
+        .wait_for("silent", "recovered", |a| {
+            a.recovery == opmas_domain::RecoveryStatus::Succeeded && a.pid.is_some_and(|p| p != old)
+        })
+        .await;
+    assert_eq!(recovered.status, ProcessStatus::Running);
+    assert!(!alive(old), "the silent process was replaced");
+    let events = h.events("silent").await;
+    let triggered = events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::RecoveryTriggered { .. }))
+        .unwrap();
+    let completed = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                AgentEvent::RecoveryCompleted {
+                    succeeded: true,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(triggered < completed);
+    assert!(
+        events[triggered..completed]
+            .iter()
+            .any(|e| matches!(e, AgentEvent::ProcessStarted { .. }))
+    );
+    h.command("silent", AgentCommand::Stop).await;
     h.finish().await;
 }

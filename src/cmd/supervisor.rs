@@ -30,6 +30,7 @@ pub fn config(global: &Global, args: &SupervisorArgs, default_logs: &Path) -> Co
         .unwrap_or_else(|| default_logs.to_path_buf());
     config.reconcile_interval = args.reconcile_interval;
     config.stream = global.stream();
+    config.telemetry = global.telemetry();
     config.management_api_url = args.management_api_url.clone();
     config
 }

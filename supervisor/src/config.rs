@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opmas_store::StreamSettings;
+use opmas_store::{StreamSettings, TelemetrySettings};
+
+use crate::logs::LogSettings;
 
 /// Settings of one node's supervisor.
 #[derive(Debug, Clone)]
@@ -26,6 +28,12 @@ pub struct Config {
     pub agent_log_level: String,
     /// Given to agents as `METRICS_ENABLED`.
     pub metrics_enabled: bool,
+    /// Log files, rotation and rate limit.
+    pub logs: LogSettings,
+    /// The metrics and logs streams.
+    pub telemetry: TelemetrySettings,
+    /// Agents send heartbeats on `<prefix>.<agent_id>` (core NATS).
+    pub heartbeat_prefix: String,
 }
 
 impl Config {
@@ -41,6 +49,9 @@ impl Config {
             management_api_url: "http://127.0.0.1:8080".into(),
             agent_log_level: "info".into(),
             metrics_enabled: true,
+            logs: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            heartbeat_prefix: "opmas.heartbeat".into(),
         }
     }
 

@@ -13,12 +13,16 @@
 //! - `worker`: one task per agent, owning its process; the reconcile steps.
 //! - `process`: a running process (spawned or adopted) and its exit.
 //! - `spawn`: building and starting the process (the one `unsafe` module).
+//! - [`heartbeat`]: heartbeat deadlines for all agents in one timer queue.
+//! - [`logs`]: agents' output files, shipped to `OPMAS_LOGS`, rotated.
 //! - [`signal`]: process-group signals and pidfd waits.
 //! - [`identity`]: boot id + pid + start time from `/proc`.
 //! - [`config`]: the supervisor's [`Config`].
 
 pub mod config;
+pub mod heartbeat;
 pub mod identity;
+pub mod logs;
 mod process;
 pub mod service;
 pub mod signal;
@@ -26,6 +30,7 @@ mod spawn;
 mod worker;
 
 pub use config::Config;
+pub use logs::LogSettings;
 pub use process::Exit;
 pub use service::Supervisor;
 pub use spawn::SpawnError;

@@ -77,6 +77,10 @@ impl Proc {
                 config.metrics_enabled.to_string(),
             ),
             ("OPMAS_NODE".to_string(), config.node.clone()),
+            (
+                "OPMAS_HEARTBEAT_SUBJECT".to_string(),
+                format!("{}.{agent_id}", config.heartbeat_prefix),
+            ),
         ]);
         let mut child = crate::spawn::spawn(Launch {
             agent_id,

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::heartbeat::{Monitor, Transition};
+use crate::logs::LogHub;
 use crate::worker::{Msg, Shared, Worker};
 use crate::{Config, Error, identity};
 
@@ -23,6 +25,8 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     client: async_nats::Client,
     workers: HashMap<String, mpsc::Sender<Msg>>,
+    transitions: mpsc::UnboundedReceiver<(String, Transition)>,
+    monitor_cancel: CancellationToken,
 }
 
 impl Supervisor {
@@ -33,14 +37,33 @@ impl Supervisor {
         config: Config,
     ) -> Result<Self, Error> {
         let boot_id = identity::boot_id().map_err(|e| Error::Host(format!("boot id: {e}")))?;
+        let logs = LogHub::new(
+            &config.log_dir,
+            &config.node,
+            config.logs.clone(),
+            config.telemetry.clone(),
+            client.clone(),
+        );
+        let (out, transitions) = mpsc::unbounded_channel();
+        let monitor_cancel = CancellationToken::new();
+        let heartbeats = Monitor::spawn(
+            client.clone(),
+            config.heartbeat_prefix.clone(),
+            out,
+            monitor_cancel.clone(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
                 config,
                 boot_id,
+                logs,
+                heartbeats,
             }),
             client,
             workers: HashMap::new(),
+            transitions,
+            monitor_cancel,
         })
     }
 
@@ -49,6 +72,14 @@ impl Supervisor {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
         let workers_cancel = cancel.child_token();
         info!(node = %self.shared.config.node, "supervisor started");
+        // Streams first: output shipped before the logs stream exists is lost.
+        while let Err(err) = self.ensure_streams().await {
+            warn!(error = %err, "cannot set up streams; retrying");
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
         self.reconcile_all(&workers_cancel).await;
         while !cancel.is_cancelled() {
             if let Err(err) = self.follow(&cancel, &workers_cancel).await {
@@ -61,6 +92,14 @@ impl Supervisor {
             }
         }
         workers_cancel.cancel();
+        self.monitor_cancel.cancel();
+        Ok(())
+    }
+
+    async fn ensure_streams(&self) -> Result<(), Error> {
+        let js = jetstream::new(self.client.clone());
+        self.shared.config.stream.ensure(&js).await?;
+        self.shared.config.telemetry.ensure(&js).await?;
         Ok(())
     }
 
@@ -100,6 +139,11 @@ impl Supervisor {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => self.reconcile_all(workers_cancel).await,
+                Some((agent, transition)) = self.transitions.recv() => {
+                    if let Some(tx) = self.workers.get(&agent) {
+                        let _ = tx.try_send(Msg::Heartbeat(transition));
+                    }
+                }
                 next = messages.next() => {
                     let Some(message) = next else { return Err(Error::Nats("consumer ended".into())) };
                     let message = message.map_err(Error::nats)?;

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
 use opmas_domain::{
-    Agent, AgentCommand, AgentError, AgentEvent, DesiredState, EventMetadata, ProcessStatus,
-    RestartDecision, Severity,
+    Agent, AgentCommand, AgentError, AgentEvent, AgentSpec, DesiredState, EventMetadata, Health,
+    ProcessStatus, RecoveryStatus, RecoveryStrategy, RestartDecision, Severity,
 };
 use opmas_store::{AgentStore, CommandError};
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::heartbeat::{Monitor, Transition};
+use crate::logs::LogHub;
 use crate::process::{Exit, Proc};
 use crate::{Config, identity};
 
@@ -24,6 +27,8 @@ use crate::{Config, identity};
 pub(crate) enum Msg {
     /// Compare desired and observed state and act; answer when done.
     Reconcile(Option<oneshot::Sender<()>>),
+    /// The heartbeat monitor saw a transition.
+    Heartbeat(Transition),
 }
 
 /// State shared by all workers of a supervisor.
@@ -31,6 +36,8 @@ pub(crate) struct Shared {
     pub store: AgentStore,
     pub config: Config,
     pub boot_id: String,
+    pub logs: LogHub,
+    pub heartbeats: Monitor,
 }
 
 pub(crate) struct Worker {
@@ -39,6 +46,9 @@ pub(crate) struct Worker {
     proc: Option<Proc>,
     wake_at: Option<Instant>,
     spawn_failures: u32,
+    pid: Arc<AtomicU32>,
+    cancel: CancellationToken,
+    recovering: bool,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -52,6 +62,9 @@ impl Worker {
             proc: None,
             wake_at: None,
             spawn_failures: 0,
+            pid: Arc::default(),
+            cancel: cancel.clone(),
+            recovering: false,
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -68,6 +81,7 @@ impl Worker {
                             let _ = done.send(());
                         }
                     }
+                    Some(Msg::Heartbeat(transition)) => self.on_heartbeat(transition).await,
                     None => break,
                 },
                 exit = Proc::exited(&mut self.proc) => {
@@ -161,12 +175,13 @@ impl Worker {
         let Some(spec) = agent.spec.as_ref() else {
             return;
         };
+        let sizes = self.shared.logs.sizes(&self.id);
         match Proc::spawn(&self.id, spec, &self.shared.config) {
             Ok(proc) => {
                 self.spawn_failures = 0;
                 info!(agent_id = %self.id, pid = proc.identity.pid, "started");
                 let identity = proc.identity.clone();
-                self.proc = Some(proc);
+                self.watch(proc, spec, Some(sizes));
                 self.report_started(identity).await;
             }
             Err(err) => {
@@ -198,7 +213,11 @@ impl Worker {
             .report(AgentCommand::ReportProcessStarted { node, identity, at })
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                if std::mem::take(&mut self.recovering) {
+                    self.complete_recovery().await;
+                }
+            }
             Err(CommandError::Rejected(err)) => {
                 // Desired state moved on (e.g. stopped meanwhile): the process must go.
                 debug!(agent_id = %self.id, error = %err, "start refused; stopping the process");
@@ -211,6 +230,22 @@ impl Worker {
                 self.wake_in(RETRY);
             }
         }
+    }
+
+    /// Takes charge of a process: its exit, its output.
+    fn watch(&mut self, proc: Proc, spec: &AgentSpec, log_offsets: Option<[u64; 2]>) {
+        self.pid.store(proc.identity.pid, Ordering::Relaxed);
+        if spec.heartbeat.enabled {
+            self.shared.heartbeats.watch(
+                &self.id,
+                Duration::from_millis(spec.heartbeat.timeout_ms),
+                Duration::from_millis(spec.heartbeat.startup_grace_ms),
+            );
+        }
+        self.shared
+            .logs
+            .ship(&self.id, self.pid.clone(), log_offsets, self.cancel.clone());
+        self.proc = Some(proc);
     }
 
     async fn ensure_watched(&mut self, agent: &Agent) {
@@ -226,7 +261,9 @@ impl Worker {
             && identity::is_alive(identity)
         {
             info!(agent_id = %self.id, pid = identity.pid, "adopted running process");
-            self.proc = Some(Proc::adopt(identity.clone()));
+            if let Some(spec) = &agent.spec {
+                self.watch(Proc::adopt(identity.clone()), spec, None);
+            }
             return;
         }
         // Recorded as running, but gone (it died while no supervisor watched).
@@ -240,8 +277,9 @@ impl Worker {
             && let Some(identity) = &agent.process
             && identity.boot_id == self.shared.boot_id
             && identity::is_alive(identity)
+            && let Some(spec) = &agent.spec
         {
-            self.proc = Some(Proc::adopt(identity.clone()));
+            self.watch(Proc::adopt(identity.clone()), spec, None);
         }
         if self.proc.is_some() {
             self.begin_stop(agent);
@@ -294,6 +332,7 @@ impl Worker {
 
     async fn on_exit(&mut self, exit: Exit) {
         let Some(proc) = self.proc.take() else { return };
+        self.shared.heartbeats.unwatch(&self.id);
         let pid = proc.identity.pid;
         // Nothing of the agent may outlive it: kill what is left of its group.
         let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
@@ -328,6 +367,112 @@ impl Worker {
                 warn!(agent_id = %self.id, error = %err, "cannot report exit; retrying");
                 self.wake_in(RETRY);
             }
+        }
+    }
+}
+
+impl Worker {
+    async fn on_heartbeat(&mut self, transition: Transition) {
+        match transition {
+            Transition::Lost { last_seen } => {
+                match self
+                    .report(AgentCommand::ReportHeartbeatLost { last_seen })
+                    .await
+                {
+                    Ok(events) if !events.is_empty() => {
+                        warn!(agent_id = %self.id, "heartbeat lost");
+                        self.recover("heartbeat lost").await;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        debug!(agent_id = %self.id, error = %err, "heartbeat loss not recorded")
+                    }
+                }
+            }
+            Transition::Resumed => {
+                let healthy = AgentCommand::ReportHealth {
+                    health: Health::Healthy,
+                    reason: "heartbeats resumed".into(),
+                };
+                if let Err(err) = self.report(healthy).await {
+                    debug!(agent_id = %self.id, error = %err, "health not recorded");
+                }
+                if let Ok((agent, _)) = self.shared.store.load(&self.id).await
+                    && agent.recovery == RecoveryStatus::InProgress
+                    && !self.recovering
+                {
+                    self.complete_recovery().await;
+                }
+            }
+        }
+    }
+
+    /// Applies the agent's recovery policy (if automatic): `restart` restarts
+    /// the process (the recovery completes when the new one runs), `reload`
+    /// sends SIGHUP to the process.
+    async fn recover(&mut self, reason: &str) {
+        let Ok((agent, _)) = self.shared.store.load(&self.id).await else {
+            return;
+        };
+        let Some(policy) = agent.spec.as_ref().map(|s| s.recovery.clone()) else {
+            return;
+        };
+        if !policy.auto || policy.strategy == RecoveryStrategy::None {
+            return;
+        }
+        let trigger = AgentCommand::TriggerRecovery {
+            strategy: policy.strategy,
+            reason: reason.to_string(),
+        };
+        if let Err(err) = self.report(trigger).await {
+            debug!(agent_id = %self.id, error = %err, "no recovery");
+            return;
+        }
+        match policy.strategy {
+            RecoveryStrategy::Restart => {
+                self.recovering = true;
+                if let Err(err) = self.report(AgentCommand::Restart).await {
+                    self.recovering = false;
+                    self.fail_recovery(err.to_string()).await;
+                }
+            }
+            RecoveryStrategy::Reload => {
+                let pid = self.pid.load(Ordering::Relaxed);
+                let sent = i32::try_from(pid).ok().map(|raw| {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(raw),
+                        nix::sys::signal::Signal::SIGHUP,
+                    )
+                });
+                match sent {
+                    Some(Ok(())) => self.complete_recovery().await,
+                    other => {
+                        self.fail_recovery(format!("SIGHUP to {pid}: {other:?}"))
+                            .await
+                    }
+                }
+            }
+            RecoveryStrategy::None => {}
+        }
+    }
+
+    async fn complete_recovery(&mut self) {
+        let done = AgentCommand::CompleteRecovery {
+            succeeded: true,
+            error: None,
+        };
+        if let Err(err) = self.report(done).await {
+            debug!(agent_id = %self.id, error = %err, "recovery completion not recorded");
+        }
+    }
+
+    async fn fail_recovery(&mut self, error: String) {
+        let done = AgentCommand::CompleteRecovery {
+            succeeded: false,
+            error: Some(error),
+        };
+        if let Err(err) = self.report(done).await {
+            debug!(agent_id = %self.id, error = %err, "recovery failure not recorded");
         }
     }
 }
