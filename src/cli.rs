@@ -157,6 +157,21 @@ pub struct SupervisorArgs {
     /// Every agent is reconciled at least this often.
     #[arg(long, env = "OPMAS_RECONCILE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub reconcile_interval: Duration,
+    /// Time between resource samples of each agent.
+    #[arg(long, env = "OPMAS_SAMPLE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sample_interval: Duration,
+    /// Consecutive samples over a limit that make a breach.
+    #[arg(long, env = "OPMAS_BREACH_SAMPLES", default_value_t = 3)]
+    pub breach_samples: u32,
+    /// Rotate an agent's output file past this many bytes.
+    #[arg(long, env = "OPMAS_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+    /// Rotated output files kept per stream.
+    #[arg(long, env = "OPMAS_LOG_MAX_FILES", default_value_t = 5)]
+    pub log_max_files: u32,
+    /// Log lines per second one agent may publish (drops are counted).
+    #[arg(long, env = "OPMAS_LOG_RATE", default_value_t = 1000)]
+    pub log_rate: u32,
     /// Given to agents as MANAGEMENT_API_URL.
     #[arg(
         long,

@@ -100,6 +100,8 @@ impl Harness {
         config.reconcile_interval = Duration::from_millis(500);
         config.telemetry = self.telemetry.clone();
         config.heartbeat_prefix = self.heartbeat_prefix.clone();
+        config.metrics.interval = Duration::from_millis(200);
+        config.metrics.breach_samples = 3;
         config
     }
 
@@ -797,5 +799,109 @@ async fn lost_heartbeat_triggers_restart_recovery() {
             .any(|e| matches!(e, AgentEvent::ProcessStarted { .. }))
     );
     h.command("silent", AgentCommand::Stop).await;
+    h.finish().await;
+}
+
+/// Samples of a running agent reach OPMAS_METRICS with real values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_samples_are_published() {
+    use futures::StreamExt;
+    let h = Harness::new().await;
+    h.register("sampled", sh("exec sleep 1000")).await;
+    h.command("sampled", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("sampled", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let js = async_nats::jetstream::new(h.client.clone());
+    let stream = js.get_stream(&h.telemetry.metrics_stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: h.telemetry.metrics_subject("sampled"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("no sample within 10 s")
+        .unwrap()
+        .unwrap();
+    let sample: opmas_domain::telemetry::MetricSample =
+        serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(sample.agent_id, "sampled");
+    assert_eq!(sample.node, "node-a");
+    assert_eq!(sample.pid, agent.pid.unwrap());
+    assert!(sample.rss_bytes > 100_000, "{sample:?}");
+    assert!(sample.threads >= 1 && sample.open_fds >= 3, "{sample:?}");
+    h.command("sampled", AgentCommand::Stop).await;
+    h.finish().await;
+}
+
+/// Over its memory limit for the whole window, an agent is restarted when
+/// its recovery policy restarts automatically, and stopped otherwise; the
+/// breach is one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_limit_breach_restarts_or_stops_as_the_policy_says() {
+    let h = Harness::new().await;
+    // `tail` buffers a line until its end: 40 MB without a newline, held.
+    let hog = "(head -c 40000000 /dev/zero; sleep 1000) | tail > /dev/null";
+    for (id, auto) in [("hog-restart", true), ("hog-stop", false)] {
+        let mut spec = sh(hog);
+        spec.limits.memory_bytes = Some(25 * 1024 * 1024);
+        spec.recovery.auto = auto;
+        spec.heartbeat.enabled = false;
+        h.register(id, spec).await;
+        h.command(id, AgentCommand::Start).await;
+    }
+    let first = h
+        .wait_for("hog-restart", "running", |a| {
+            a.status == ProcessStatus::Running
+        })
+        .await;
+    let restarted = h
+        .wait_for("hog-restart", "a restart", |a| {
+            a.pid.is_some_and(|p| Some(p) != first.pid)
+        })
+        .await;
+    assert!(restarted.restart_count >= 1 || restarted.recovery_attempts >= 1);
+    let events = h.events("hog-restart").await;
+    let breach = events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::ResourceLimitExceeded {
+                resource,
+                limit,
+                observed,
+                window_ms,
+            } => Some((resource.clone(), *limit, *observed, *window_ms)),
+            _ => None,
+        })
+        .expect("a ResourceLimitExceeded event");
+    assert_eq!(breach.0, "memory");
+    assert!(breach.2 > breach.1, "{breach:?}");
+    assert!(breach.3 >= 600, "{breach:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::RecoveryTriggered { .. }))
+    );
+
+    let stopped = h
+        .wait_for("hog-stop", "stopped", |a| {
+            a.status == ProcessStatus::Stopped
+        })
+        .await;
+    assert_eq!(stopped.desired, opmas_domain::DesiredState::Stopped);
+    let events = h.events("hog-stop").await;
+    let breaches = count(&events, |e| {
+        matches!(e, AgentEvent::ResourceLimitExceeded { .. })
+    });
+    assert_eq!(breaches, 1);
+    h.command("hog-restart", AgentCommand::Stop).await;
+    h.wait_for("hog-restart", "stopped", |a| {
+        a.status == ProcessStatus::Stopped
+    })
+    .await;
     h.finish().await;
 }

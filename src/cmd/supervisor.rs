@@ -31,6 +31,12 @@ pub fn config(global: &Global, args: &SupervisorArgs, default_logs: &Path) -> Co
     config.reconcile_interval = args.reconcile_interval;
     config.stream = global.stream();
     config.telemetry = global.telemetry();
+    config.metrics.interval = args.sample_interval;
+    config.metrics.breach_samples = args.breach_samples.max(1);
+    config.logs.max_file_bytes = args.log_max_bytes;
+    config.logs.max_files = args.log_max_files;
+    config.logs.rate_per_sec = args.log_rate;
+    config.logs.burst = args.log_rate.saturating_mul(5);
     config.management_api_url = args.management_api_url.clone();
     config
 }

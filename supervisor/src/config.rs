@@ -6,6 +6,7 @@ use std::time::Duration;
 use opmas_store::{StreamSettings, TelemetrySettings};
 
 use crate::logs::LogSettings;
+use crate::metrics::MetricsSettings;
 
 /// Settings of one node's supervisor.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     /// Agents send heartbeats on `<prefix>.<agent_id>` (core NATS).
     pub heartbeat_prefix: String,
+    /// Resource sampling and limit windows.
+    pub metrics: MetricsSettings,
 }
 
 impl Config {
@@ -52,6 +55,7 @@ impl Config {
             logs: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
             heartbeat_prefix: "opmas.heartbeat".into(),
+            metrics: MetricsSettings::default(),
         }
     }
 

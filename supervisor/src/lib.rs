@@ -15,6 +15,7 @@
 //! - `spawn`: building and starting the process (the one `unsafe` module).
 //! - [`heartbeat`]: heartbeat deadlines for all agents in one timer queue.
 //! - [`logs`]: agents' output files, shipped to `OPMAS_LOGS`, rotated.
+//! - [`metrics`]: resource sampling to `OPMAS_METRICS`, sustained limit breaches.
 //! - [`signal`]: process-group signals and pidfd waits.
 //! - [`identity`]: boot id + pid + start time from `/proc`.
 //! - [`config`]: the supervisor's [`Config`].
@@ -23,6 +24,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod identity;
 pub mod logs;
+pub mod metrics;
 mod process;
 pub mod service;
 pub mod signal;
@@ -31,6 +33,7 @@ mod worker;
 
 pub use config::Config;
 pub use logs::LogSettings;
+pub use metrics::MetricsSettings;
 pub use process::Exit;
 pub use service::Supervisor;
 pub use spawn::SpawnError;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::heartbeat::{Monitor, Transition};
 use crate::logs::LogHub;
+use crate::metrics::{Breach, Sampler};
 use crate::worker::{Msg, Shared, Worker};
 use crate::{Config, Error, identity};
 
@@ -26,6 +27,7 @@ pub struct Supervisor {
     client: async_nats::Client,
     workers: HashMap<String, mpsc::Sender<Msg>>,
     transitions: mpsc::UnboundedReceiver<(String, Transition)>,
+    breaches: mpsc::UnboundedReceiver<(String, Breach)>,
     monitor_cancel: CancellationToken,
 }
 
@@ -52,6 +54,15 @@ impl Supervisor {
             out,
             monitor_cancel.clone(),
         );
+        let (out, breaches) = mpsc::unbounded_channel();
+        let metrics = Sampler::spawn(
+            client.clone(),
+            config.node.clone(),
+            config.metrics.clone(),
+            config.telemetry.clone(),
+            out,
+            monitor_cancel.clone(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
@@ -59,10 +70,12 @@ impl Supervisor {
                 boot_id,
                 logs,
                 heartbeats,
+                metrics,
             }),
             client,
             workers: HashMap::new(),
             transitions,
+            breaches,
             monitor_cancel,
         })
     }
@@ -142,6 +155,11 @@ impl Supervisor {
                 Some((agent, transition)) = self.transitions.recv() => {
                     if let Some(tx) = self.workers.get(&agent) {
                         let _ = tx.try_send(Msg::Heartbeat(transition));
+                    }
+                }
+                Some((agent, breach)) = self.breaches.recv() => {
+                    if let Some(tx) = self.workers.get(&agent) {
+                        let _ = tx.try_send(Msg::Limit(breach));
                     }
                 }
                 next = messages.next() => {

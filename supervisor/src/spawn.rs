@@ -92,8 +92,11 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
     if let Some(dir) = &workdir {
         cmd.current_dir(dir);
     }
+    // The memory limit is enforced on the tree's RSS by sampling (see
+    // `metrics`); RLIMIT_DATA at twice the limit is a per-process backstop
+    // against runaway allocation between samples.
     let limits = Limits {
-        data: spec.limits.memory_bytes,
+        data: spec.limits.memory_bytes.map(|m| m.saturating_mul(2)),
         nofile: spec.limits.open_files,
         cpu: spec.limits.cpu_seconds,
         nproc: spec.limits.processes,

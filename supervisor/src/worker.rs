@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::heartbeat::{Monitor, Transition};
 use crate::logs::LogHub;
+use crate::metrics::{Breach, Sampler};
 use crate::process::{Exit, Proc};
 use crate::{Config, identity};
 
@@ -29,6 +30,8 @@ pub(crate) enum Msg {
     Reconcile(Option<oneshot::Sender<()>>),
     /// The heartbeat monitor saw a transition.
     Heartbeat(Transition),
+    /// The sampler saw a limit exceeded for its whole window.
+    Limit(Breach),
 }
 
 /// State shared by all workers of a supervisor.
@@ -38,6 +41,7 @@ pub(crate) struct Shared {
     pub boot_id: String,
     pub logs: LogHub,
     pub heartbeats: Monitor,
+    pub metrics: Sampler,
 }
 
 pub(crate) struct Worker {
@@ -82,6 +86,7 @@ impl Worker {
                         }
                     }
                     Some(Msg::Heartbeat(transition)) => self.on_heartbeat(transition).await,
+                    Some(Msg::Limit(breach)) => self.on_breach(breach).await,
                     None => break,
                 },
                 exit = Proc::exited(&mut self.proc) => {
@@ -235,6 +240,9 @@ impl Worker {
     /// Takes charge of a process: its exit, its output.
     fn watch(&mut self, proc: Proc, spec: &AgentSpec, log_offsets: Option<[u64; 2]>) {
         self.pid.store(proc.identity.pid, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .watch(&self.id, proc.identity.pid, spec.limits.clone());
         if spec.heartbeat.enabled {
             self.shared.heartbeats.watch(
                 &self.id,
@@ -333,6 +341,7 @@ impl Worker {
     async fn on_exit(&mut self, exit: Exit) {
         let Some(proc) = self.proc.take() else { return };
         self.shared.heartbeats.unwatch(&self.id);
+        self.shared.metrics.unwatch(&self.id);
         let pid = proc.identity.pid;
         // Nothing of the agent may outlive it: kill what is left of its group.
         let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
@@ -381,7 +390,7 @@ impl Worker {
                 {
                     Ok(events) if !events.is_empty() => {
                         warn!(agent_id = %self.id, "heartbeat lost");
-                        self.recover("heartbeat lost").await;
+                        let _ = self.recover("heartbeat lost").await;
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -407,18 +416,53 @@ impl Worker {
         }
     }
 
-    /// Applies the agent's recovery policy (if automatic): `restart` restarts
-    /// the process (the recovery completes when the new one runs), `reload`
-    /// sends SIGHUP to the process.
-    async fn recover(&mut self, reason: &str) {
+    /// A limit was exceeded for the whole window: record it once, then
+    /// restart (automatic recovery by restart) or stop the agent.
+    async fn on_breach(&mut self, breach: Breach) {
+        let fact = AgentCommand::ReportLimitExceeded {
+            resource: breach.resource.to_string(),
+            limit: breach.limit,
+            observed: breach.observed,
+            window_ms: breach.window_ms,
+        };
+        match self.report(fact).await {
+            Ok(events) if !events.is_empty() => {}
+            Ok(_) => return,
+            Err(err) => {
+                debug!(agent_id = %self.id, error = %err, "limit breach not recorded");
+                return;
+            }
+        }
+        warn!(agent_id = %self.id, resource = breach.resource, observed = breach.observed, limit = breach.limit, "limit exceeded");
         let Ok((agent, _)) = self.shared.store.load(&self.id).await else {
             return;
         };
+        let restart = agent
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.recovery.auto && s.recovery.strategy == RecoveryStrategy::Restart);
+        let recovering = restart
+            && agent.recovery != RecoveryStatus::InProgress
+            && self
+                .recover(&format!("{} limit exceeded", breach.resource))
+                .await;
+        if !recovering && let Err(err) = self.report(AgentCommand::Stop).await {
+            warn!(agent_id = %self.id, error = %err, "cannot stop agent over its limit");
+        }
+    }
+
+    /// Applies the agent's recovery policy (if automatic): `restart` restarts
+    /// the process (the recovery completes when the new one runs), `reload`
+    /// sends SIGHUP to the process. Returns whether a recovery was started.
+    async fn recover(&mut self, reason: &str) -> bool {
+        let Ok((agent, _)) = self.shared.store.load(&self.id).await else {
+            return false;
+        };
         let Some(policy) = agent.spec.as_ref().map(|s| s.recovery.clone()) else {
-            return;
+            return false;
         };
         if !policy.auto || policy.strategy == RecoveryStrategy::None {
-            return;
+            return false;
         }
         let trigger = AgentCommand::TriggerRecovery {
             strategy: policy.strategy,
@@ -426,7 +470,7 @@ impl Worker {
         };
         if let Err(err) = self.report(trigger).await {
             debug!(agent_id = %self.id, error = %err, "no recovery");
-            return;
+            return false;
         }
         match policy.strategy {
             RecoveryStrategy::Restart => {
@@ -454,6 +498,7 @@ impl Worker {
             }
             RecoveryStrategy::None => {}
         }
+        true
     }
 
     async fn complete_recovery(&mut self) {
