@@ -22,6 +22,7 @@ struct Harness {
     settings: StreamSettings,
     telemetry: TelemetrySettings,
     heartbeat_prefix: String,
+    control_prefix: String,
     store: AgentStore,
     cancel: CancellationToken,
     logs: tempfile::TempDir,
@@ -58,6 +59,7 @@ impl Harness {
             settings,
             telemetry: TelemetrySettings::isolated(&tag()),
             heartbeat_prefix: format!("opmas_{}.heartbeat", tag()),
+            control_prefix: format!("opmas_{}.control", tag()),
             store,
             cancel,
             logs,
@@ -102,6 +104,7 @@ impl Harness {
         config.heartbeat_prefix = self.heartbeat_prefix.clone();
         config.metrics.interval = Duration::from_millis(200);
         config.metrics.breach_samples = 3;
+        config.control_prefix = self.control_prefix.clone();
         config
     }
 
@@ -132,7 +135,7 @@ impl Harness {
     }
 
     async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Agent) -> bool) -> Agent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let agent = self.agent(id).await;
             if check(&agent) {
@@ -140,7 +143,7 @@ impl Harness {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{id}: waited 20 s for {what}; state: {:?} desired {:?} pid {:?}",
+                "{id}: waited 60 s for {what}; state: {:?} desired {:?} pid {:?}",
                 agent.status,
                 agent.desired,
                 agent.pid
@@ -406,7 +409,7 @@ async fn crash_loop_backs_off_then_fails() {
         let gap = (times[i + 1].1 - times[i].1).num_milliseconds();
         assert!(
             gap >= delay,
-            "restart {i}: started {gap} ms after exit, delay {delay} ms"
+            "restart {i}: started {gap} ms after exit, delay {delay} ms: {times:?}"
         );
     }
     h.finish().await;
@@ -429,15 +432,15 @@ async fn missing_program_is_recorded_as_an_error() {
     h.finish().await;
 }
 
-/// The supervisor, as its own OS process, is `kill -9`ed while agents run
-/// (and one crash-loops), then started again, three times: running agents
+/// The supervisor, as its own OS process, is `kill -9`ed while 20 agents run
+/// (and one crash-loops), then started again, ten times: running agents
 /// are adopted (same pid, never started twice), the crash-looping one keeps
 /// being restarted with counters that never go backwards, and a stop after
 /// adoption still kills the adopted processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn supervisor_killed_and_restarted_adopts_its_agents() {
     let h = Harness::without_supervisor().await;
-    let steady: Vec<String> = (0..5).map(|i| format!("steady-{i}")).collect();
+    let steady: Vec<String> = (0..20).map(|i| format!("steady-{i}")).collect();
     for id in &steady {
         h.register(id, sh("exec sleep 1000")).await;
         h.command(id, AgentCommand::Start).await;
@@ -456,7 +459,7 @@ async fn supervisor_killed_and_restarted_adopts_its_agents() {
         pids.push(a.pid.unwrap());
     }
     let mut last_restarts = 0;
-    for round in 0..3 {
+    for round in 0..10 {
         supervisor.start_kill().unwrap();
         supervisor.wait().await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -903,5 +906,157 @@ async fn memory_limit_breach_restarts_or_stops_as_the_policy_says() {
         a.status == ProcessStatus::Stopped
     })
     .await;
+    h.finish().await;
+}
+
+/// Recovery by reload: an agent answering control requests is asked over
+/// NATS; one that does not gets SIGHUP. Neither is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_recovery_uses_control_then_sighup() {
+    use futures::StreamExt;
+    use opmas_domain::control::{ControlAction, ControlReply, ControlRequest};
+    let h = Harness::new().await;
+    let reloading = |script: &str| {
+        let mut spec = beating(script, 400, true);
+        spec.heartbeat.startup_grace_ms = 400;
+        spec.recovery.strategy = opmas_domain::RecoveryStrategy::Reload;
+        spec
+    };
+    // "speaker" answers control requests (the test answers for it).
+    let mut control = h
+        .client
+        .subscribe(format!("{}.speaker", h.control_prefix))
+        .await
+        .unwrap();
+    h.client.flush().await.unwrap();
+    let answered = tokio::spawn({
+        let client = h.client.clone();
+        async move {
+            let request = control.next().await.unwrap();
+            let body: ControlRequest = serde_json::from_slice(&request.payload).unwrap();
+            let reply = ControlReply {
+                ok: true,
+                message: None,
+            };
+            client
+                .publish(
+                    request.reply.unwrap(),
+                    serde_json::to_vec(&reply).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            body.action
+        }
+    });
+    h.register("speaker", reloading("exec sleep 1000")).await;
+    h.register(
+        "hupper",
+        reloading("trap 'echo reloaded' HUP; while true; do sleep 0.1; done"),
+    )
+    .await;
+    h.command("speaker", AgentCommand::Start).await;
+    h.command("hupper", AgentCommand::Start).await;
+    for id in ["speaker", "hupper"] {
+        let before = h.wait_for(id, "a process", |a| a.pid.is_some()).await;
+        let after = h
+            .wait_for(id, "recovered", |a| {
+                a.recovery == opmas_domain::RecoveryStatus::Succeeded
+            })
+            .await;
+        assert_eq!(after.pid, before.pid, "{id} was reloaded, not restarted");
+        assert_eq!(after.restart_count, 0);
+    }
+    assert_eq!(answered.await.unwrap(), ControlAction::Reload);
+    let out = h.logs.path().join("hupper/stdout.log");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let out = out.clone();
+            async move {
+                std::fs::read_to_string(out)
+                    .map(|s| s.contains("reloaded"))
+                    .unwrap_or(false)
+            }
+        })
+        .await,
+        "SIGHUP did not reach the agent"
+    );
+    h.finish().await;
+}
+
+/// An agent runs as the user its spec names; an unknown user is an error
+/// recorded on the agent, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_run_as_their_user() {
+    let h = Harness::new().await;
+    let mut spec = sh("exec sleep 1000");
+    spec.user = Some("nobody".into());
+    h.register("unprivileged", spec).await;
+    h.command("unprivileged", AgentCommand::Start).await;
+    let am_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if am_root {
+        let agent = h
+            .wait_for("unprivileged", "running", |a| {
+                a.status == ProcessStatus::Running
+            })
+            .await;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", agent.pid.unwrap())).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    } else {
+        // Without root, switching users fails, and says so.
+        let agent = h
+            .wait_for("unprivileged", "an error", |a| a.last_error.is_some())
+            .await;
+        assert!(agent.last_error.unwrap().contains("sh"));
+    }
+    let mut ghost = sh("exec sleep 1000");
+    ghost.user = Some("no-such-user-here".into());
+    h.register("ghost-user", ghost).await;
+    h.command("ghost-user", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("ghost-user", "an error", |a| a.last_error.is_some())
+        .await;
+    assert_eq!(
+        agent.last_error.as_deref(),
+        Some("user `no-such-user-here` does not exist on this node")
+    );
+    h.finish().await;
+}
+
+/// A failed agent whose policy has a cooldown is started again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_agent_retries_after_cooldown() {
+    let h = Harness::new().await;
+    let mut spec = sh("exit 3");
+    spec.restart.initial_delay_ms = 10;
+    spec.restart.jitter = 0.0;
+    spec.restart.intensity = 1;
+    spec.restart.failed_cooldown_ms = Some(300);
+    h.register("phoenix", spec).await;
+    h.command("phoenix", AgentCommand::Start).await;
+    h.wait_for("phoenix", "failed twice", |_| true).await;
+    let events = loop {
+        let events = h.events("phoenix").await;
+        if count(&events, |e| matches!(e, AgentEvent::AgentFailed { .. })) >= 2 {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failed_at: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, AgentEvent::AgentFailed { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        matches!(events[failed_at[0] + 1], AgentEvent::StartRequested),
+        "after the cooldown the supervisor starts it: {:?}",
+        &events[failed_at[0]..]
+    );
+    h.command("phoenix", AgentCommand::Stop).await;
     h.finish().await;
 }

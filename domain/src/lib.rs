@@ -14,6 +14,7 @@
 //! - [`spec`]: [`AgentSpec`] and its policies, with [`AgentSpec::validate`].
 //! - [`backoff`]: [`backoff::decide`], the restart decision (delay, intensity).
 //! - [`metadata`]: [`EventMetadata`], who/why/when for each committed event.
+//! - [`control`]: control request/reply messages (stop, reload, restart, ping).
 //! - [`telemetry`]: metric samples, log lines and heartbeats (not events).
 //! - [`agent`]: the [`Agent`] aggregate, its commands, events, errors and the
 //!   upcasters for older event versions.
@@ -54,6 +55,7 @@ macro_rules! labelled_enum {
 
 pub mod agent;
 pub mod backoff;
+pub mod control;
 pub mod id;
 pub mod metadata;
 pub mod spec;

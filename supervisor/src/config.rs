@@ -37,6 +37,8 @@ pub struct Config {
     pub heartbeat_prefix: String,
     /// Resource sampling and limit windows.
     pub metrics: MetricsSettings,
+    /// Control requests go to `<prefix>.<agent_id>`.
+    pub control_prefix: String,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             telemetry: TelemetrySettings::default(),
             heartbeat_prefix: "opmas.heartbeat".into(),
             metrics: MetricsSettings::default(),
+            control_prefix: "opmas.control".into(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! - `worker`: one task per agent, owning its process; the reconcile steps.
 //! - `process`: a running process (spawned or adopted) and its exit.
 //! - `spawn`: building and starting the process (the one `unsafe` module).
+//! - [`control`]: control requests to agents (reload before SIGHUP).
 //! - [`heartbeat`]: heartbeat deadlines for all agents in one timer queue.
 //! - [`logs`]: agents' output files, shipped to `OPMAS_LOGS`, rotated.
 //! - [`metrics`]: resource sampling to `OPMAS_METRICS`, sustained limit breaches.
@@ -21,6 +22,7 @@
 //! - [`config`]: the supervisor's [`Config`].
 
 pub mod config;
+pub mod control;
 pub mod heartbeat;
 pub mod identity;
 pub mod logs;

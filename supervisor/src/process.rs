@@ -78,6 +78,10 @@ impl Proc {
             ),
             ("OPMAS_NODE".to_string(), config.node.clone()),
             (
+                "OPMAS_CONTROL_SUBJECT".to_string(),
+                format!("{}.{agent_id}", config.control_prefix),
+            ),
+            (
                 "OPMAS_HEARTBEAT_SUBJECT".to_string(),
                 format!("{}.{agent_id}", config.heartbeat_prefix),
             ),

@@ -71,6 +71,7 @@ impl Supervisor {
                 logs,
                 heartbeats,
                 metrics,
+                client: client.clone(),
             }),
             client,
             workers: HashMap::new(),

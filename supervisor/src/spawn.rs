@@ -31,6 +31,9 @@ pub enum SpawnError {
     /// The working directory does not exist.
     #[error("working directory `{0}` does not exist")]
     NoWorkingDir(String),
+    /// The user or group to run as does not exist on this node.
+    #[error("{kind} `{name}` does not exist on this node")]
+    NoSuchAccount { kind: &'static str, name: String },
     /// exec failed.
     #[error("cannot start `{program}`: {source}")]
     Exec {
@@ -92,6 +95,13 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
     if let Some(dir) = &workdir {
         cmd.current_dir(dir);
     }
+    let (uid, gid) = account(spec)?;
+    if let Some(uid) = uid {
+        cmd.uid(uid);
+    }
+    if let Some(gid) = gid {
+        cmd.gid(gid);
+    }
     // The memory limit is enforced on the tree's RSS by sampling (see
     // `metrics`); RLIMIT_DATA at twice the limit is a per-process backstop
     // against runaway allocation between samples.
@@ -110,6 +120,37 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
         program: program.display().to_string(),
         source,
     })
+}
+
+/// The uid and gid of the spec's `user` and `group` (a user's primary group
+/// when only the user is named).
+fn account(spec: &AgentSpec) -> Result<(Option<u32>, Option<u32>), SpawnError> {
+    use nix::unistd::{Group, User};
+    let user =
+        match &spec.user {
+            Some(name) => Some(User::from_name(name).ok().flatten().ok_or_else(|| {
+                SpawnError::NoSuchAccount {
+                    kind: "user",
+                    name: name.clone(),
+                }
+            })?),
+            None => None,
+        };
+    let gid = match &spec.group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| SpawnError::NoSuchAccount {
+                    kind: "group",
+                    name: name.clone(),
+                })?
+                .gid
+                .as_raw(),
+        ),
+        None => user.as_ref().map(|u| u.gid.as_raw()),
+    };
+    Ok((user.map(|u| u.uid.as_raw()), gid))
 }
 
 fn child_setup(limits: Limits) -> std::io::Result<()> {

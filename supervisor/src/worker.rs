@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use opmas_domain::control::ControlAction;
 use opmas_domain::{
     Agent, AgentCommand, AgentError, AgentEvent, AgentSpec, DesiredState, EventMetadata, Health,
     ProcessStatus, RecoveryStatus, RecoveryStrategy, RestartDecision, Severity,
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::control::ControlError;
 use crate::heartbeat::{Monitor, Transition};
 use crate::logs::LogHub;
 use crate::metrics::{Breach, Sampler};
@@ -42,6 +44,7 @@ pub(crate) struct Shared {
     pub logs: LogHub,
     pub heartbeats: Monitor,
     pub metrics: Sampler,
+    pub client: async_nats::Client,
 }
 
 pub(crate) struct Worker {
@@ -53,6 +56,7 @@ pub(crate) struct Worker {
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
     recovering: bool,
+    failed_retry_at: Option<Instant>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -69,6 +73,7 @@ impl Worker {
             pid: Arc::default(),
             cancel: cancel.clone(),
             recovering: false,
+            failed_retry_at: None,
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -142,9 +147,37 @@ impl Worker {
             ProcessStatus::Starting | ProcessStatus::Backoff => self.ensure_started(&agent).await,
             ProcessStatus::Running | ProcessStatus::Degraded => self.ensure_watched(&agent).await,
             ProcessStatus::Stopping => self.ensure_stopping(&agent).await,
-            ProcessStatus::Registered | ProcessStatus::Stopped | ProcessStatus::Failed => {
+            ProcessStatus::Failed => {
                 self.begin_stop(&agent);
+                self.retry_failed(&agent).await;
             }
+            ProcessStatus::Registered | ProcessStatus::Stopped => self.begin_stop(&agent),
+        }
+    }
+
+    /// A failed agent whose policy has a cooldown is started again after it.
+    async fn retry_failed(&mut self, agent: &Agent) {
+        let cooldown = agent
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart.failed_cooldown_ms);
+        let (Some(cooldown), DesiredState::Running) = (cooldown, agent.desired) else {
+            self.failed_retry_at = None;
+            return;
+        };
+        let now = Instant::now();
+        let at = *self
+            .failed_retry_at
+            .get_or_insert(now + Duration::from_millis(cooldown));
+        if at > now {
+            self.wake_in(at - now);
+            return;
+        }
+        self.failed_retry_at = None;
+        info!(agent_id = %self.id, "cooldown over: starting the failed agent again");
+        if let Err(err) = self.report(AgentCommand::Start).await {
+            warn!(agent_id = %self.id, error = %err, "cannot restart failed agent");
+            self.wake_in(RETRY);
         }
     }
 
@@ -480,25 +513,41 @@ impl Worker {
                     self.fail_recovery(err.to_string()).await;
                 }
             }
-            RecoveryStrategy::Reload => {
-                let pid = self.pid.load(Ordering::Relaxed);
-                let sent = i32::try_from(pid).ok().map(|raw| {
-                    nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(raw),
-                        nix::sys::signal::Signal::SIGHUP,
-                    )
-                });
-                match sent {
-                    Some(Ok(())) => self.complete_recovery().await,
-                    other => {
-                        self.fail_recovery(format!("SIGHUP to {pid}: {other:?}"))
-                            .await
-                    }
-                }
-            }
+            RecoveryStrategy::Reload => match self.reload().await {
+                Ok(()) => self.complete_recovery().await,
+                Err(error) => self.fail_recovery(error).await,
+            },
             RecoveryStrategy::None => {}
         }
         true
+    }
+
+    /// Asks the agent to reload over the control subject; an agent that does
+    /// not speak it gets SIGHUP.
+    async fn reload(&mut self) -> Result<(), String> {
+        let config = &self.shared.config;
+        let answer = crate::control::request(
+            &self.shared.client,
+            &config.control_prefix,
+            &self.id,
+            ControlAction::Reload,
+            Duration::from_secs(2),
+        )
+        .await;
+        match answer {
+            Ok(reply) if reply.ok => Ok(()),
+            Ok(reply) => Err(reply.message.unwrap_or_else(|| "reload refused".into())),
+            Err(ControlError::NoResponder) => {
+                let pid = self.pid.load(Ordering::Relaxed);
+                let pid = i32::try_from(pid).map_err(|e| e.to_string())?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .map_err(|e| format!("SIGHUP to {pid}: {e}"))
+            }
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     async fn complete_recovery(&mut self) {

@@ -37,6 +37,10 @@ pub struct AgentSpec {
     /// Names of `env` keys whose values are secret (see [`AgentSpec::redacted`]).
     pub secret_env: BTreeSet<String>,
     pub working_dir: Option<String>,
+    /// Run as this user (name); `None`: as the supervisor's user.
+    pub user: Option<String>,
+    /// Run with this group (name); `None`: the user's primary group.
+    pub group: Option<String>,
     /// Node to place the agent on; `None` means any node.
     pub node: Option<String>,
     pub limits: ResourceLimits,
@@ -62,6 +66,8 @@ impl Default for AgentSpec {
             env: BTreeMap::new(),
             secret_env: BTreeSet::new(),
             working_dir: None,
+            user: None,
+            group: None,
             node: None,
             limits: ResourceLimits::default(),
             heartbeat: HeartbeatSpec::default(),
