@@ -15,4 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --bin opmas
+# As root, the private PostgreSQL runs as the `postgres` user, which must be
+# able to reach its data directory: a checkout under /root is closed to it.
+if [ "$(id -u)" = 0 ] && [ -z "${OPMAS_DATA_DIR:-}" ]; then
+  export OPMAS_DATA_DIR=/var/lib/opmas
+fi
 exec target/release/opmas dev "$@"

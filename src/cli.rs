@@ -140,6 +140,69 @@ pub enum Command {
     Dev(DevArgs),
     /// Run this node's supervisor: start, watch, restart and adopt agent processes.
     Supervisor(SupervisorArgs),
+    /// Run the projector: keep the read models current from the streams.
+    Project(ProjectArgs),
+    /// Rebuild read models from the event store and swap them in atomically.
+    Replay(ReplayArgs),
+    /// Print an agent's events with actor and reason.
+    Audit(AuditArgs),
+}
+
+/// `opmas project`
+#[derive(Debug, Args, Clone)]
+pub struct ProjectArgs {
+    /// Prefix of the projector's durable consumer names.
+    #[arg(
+        long,
+        env = "OPMAS_PROJECTOR_NAME",
+        default_value = "opmas_projections"
+    )]
+    pub projector_name: String,
+    /// Most messages written per transaction.
+    #[arg(long, env = "OPMAS_PROJECTOR_BATCH", default_value_t = 1000)]
+    pub projector_batch: usize,
+    /// Keep raw metric samples this long.
+    #[arg(long, env = "OPMAS_RETAIN_METRICS", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retain_metrics: Duration,
+    /// Keep metric rollups (1 min, 1 h) this long.
+    #[arg(long, env = "OPMAS_RETAIN_ROLLUPS", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub retain_rollups: Duration,
+    /// Keep log lines this long.
+    #[arg(long, env = "OPMAS_RETAIN_LOGS", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retain_logs: Duration,
+}
+
+/// `opmas replay`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Which projection to rebuild (`agents`: every event-sourced model).
+    #[arg(long, default_value = "agents")]
+    pub projection: String,
+    /// Only prove that a rebuild equals the live models (checksums); exit 1 if not.
+    #[arg(long)]
+    pub check: bool,
+    /// Output format of `--check`.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `opmas audit`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The agent.
+    pub agent: String,
+    /// Events committed at or after this instant (RFC 3339).
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events committed before this instant (RFC 3339).
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Also print the agent's state as of this instant (RFC 3339).
+    #[arg(long)]
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 /// `opmas supervisor`
@@ -234,6 +297,9 @@ pub struct DevArgs {
     /// Supervisor settings (its log directory defaults to `<data-dir>/logs`).
     #[command(flatten)]
     pub supervisor: SupervisorArgs,
+    /// Projector settings.
+    #[command(flatten)]
+    pub projector: ProjectArgs,
 }
 
 impl Global {

@@ -29,6 +29,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cmd::events::verify(&cli.global, &args).await,
         Command::Dev(dev) => cmd::dev::run(&cli.global, &dev).await,
         Command::Supervisor(args) => cmd::supervisor::run(&cli.global, &args).await,
+        Command::Project(args) => cmd::project::run(&cli.global, &args).await,
+        Command::Replay(args) => cmd::replay::run(&cli.global, &args).await,
+        Command::Audit(args) => cmd::audit::run(&cli.global, &args).await,
     }
 }
 

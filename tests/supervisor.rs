@@ -79,6 +79,7 @@ impl Harness {
             .arg("--log-dir")
             .arg(self.logs.path())
             .env("OPMAS_DATABASE_URL", &self.db.url)
+            .env("OPMAS_DB_MAX_CONNECTIONS", "8")
             .env("OPMAS_NATS_URL", nats_url())
             .env("OPMAS_EVENTS_STREAM", &self.settings.name)
             .env("OPMAS_EVENTS_SUBJECT_PREFIX", &self.settings.subject_prefix)
@@ -682,7 +683,7 @@ fn beating(script: &str, timeout_ms: u64, auto_recover: bool) -> AgentSpec {
     spec.heartbeat.enabled = true;
     spec.heartbeat.interval_ms = 200;
     spec.heartbeat.timeout_ms = timeout_ms;
-    spec.heartbeat.startup_grace_ms = 2_000;
+    spec.heartbeat.startup_grace_ms = 3_000;
     spec.recovery.auto = auto_recover;
     spec
 }
@@ -713,12 +714,12 @@ fn count(events: &[AgentEvent], pred: impl Fn(&AgentEvent) -> bool) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn heartbeat_grace_loss_once_and_recovery_of_health() {
     let h = Harness::new().await;
-    h.register("beater", beating("exec sleep 1000", 1_000, false))
+    h.register("beater", beating("exec sleep 1000", 2_000, false))
         .await;
     h.command("beater", AgentCommand::Start).await;
     h.wait_for("beater", "running", |a| a.status == ProcessStatus::Running)
         .await;
-    tokio::time::sleep(Duration::from_millis(1_200)).await; // inside the 2 s grace
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // inside the 3 s grace
     let lost = |e: &AgentEvent| matches!(e, AgentEvent::HeartbeatLost { .. });
     assert_eq!(
         count(&h.events("beater").await, lost),
@@ -727,7 +728,7 @@ async fn heartbeat_grace_loss_once_and_recovery_of_health() {
     );
 
     let beats = heartbeats(&h, "beater");
-    tokio::time::sleep(Duration::from_millis(2_000)).await; // past the grace, beating
+    tokio::time::sleep(Duration::from_millis(3_000)).await; // past the grace, beating
     assert_eq!(
         count(&h.events("beater").await, lost),
         0,
@@ -740,7 +741,7 @@ async fn heartbeat_grace_loss_once_and_recovery_of_health() {
         })
         .await;
     assert_eq!(degraded.health, opmas_domain::Health::Critical);
-    tokio::time::sleep(Duration::from_millis(2_500)).await; // still silent
+    tokio::time::sleep(Duration::from_millis(4_500)).await; // still silent
     assert_eq!(
         count(&h.events("beater").await, lost),
         1,

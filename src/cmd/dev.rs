@@ -1,6 +1,6 @@
 //! `opmas dev`: everything on one machine. Starts a private PostgreSQL and
 //! nats-server in the data directory when no URLs are configured, applies
-//! migrations, runs the relay and this node's supervisor until Ctrl-C, then
+//! migrations, runs the relay, the projector and this node's supervisor until Ctrl-C, then
 //! stops what it started (agent processes keep running and are adopted by
 //! the next start).
 
@@ -34,6 +34,12 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
     let store = AgentStore::new(pool.clone())
         .with_notifier(notifier.clone())
         .with_group_commit(64);
+    let projector = super::project::spawn(
+        pool.clone(),
+        client.clone(),
+        super::project::config(global, &args.projector),
+        cancel.clone(),
+    );
     let relay = Relay::new(
         pool,
         client.clone(),
@@ -58,5 +64,6 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
     cancel.cancelled().await;
     relay.await.context("relay task")??;
     supervisor.await.context("supervisor task")??;
+    projector.await.context("projector task")??;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,12 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod dev;
 pub mod events;
 pub mod migrate;
+pub mod project;
 pub mod relay;
+pub mod replay;
 pub mod supervisor;
 
 use tokio_util::sync::CancellationToken;

@@ -273,6 +273,15 @@ impl AgentStore {
         .map_err(|e| CommandError::Unavailable(e.to_string()))
     }
 
+    /// The agent as this store last saw it (its cache; no database read).
+    /// It may be stale if another process wrote since: good for guesses that
+    /// a later command will confirm or refuse.
+    pub fn cached(&self, agent_id: &str) -> Option<(Agent, usize)> {
+        let cache = self.cache.as_ref()?;
+        let mut cache = lock(cache);
+        cache.get(agent_id).map(|c| (c.agent.clone(), c.sequence))
+    }
+
     /// The agent's current state (snapshot + tail).
     pub async fn load(&self, agent_id: &str) -> Result<(Agent, usize), CommandError> {
         let context = self.store.load_aggregate(agent_id).await?;

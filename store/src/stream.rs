@@ -123,7 +123,7 @@ impl Default for TelemetrySettings {
             logs_stream: "OPMAS_LOGS".into(),
             logs_prefix: "opmas.logs".into(),
             max_age: Duration::from_secs(7 * 24 * 3600),
-            logs_max_bytes: 8 * 1024 * 1024 * 1024,
+            logs_max_bytes: 1024 * 1024 * 1024,
             replicas: 1,
         }
     }
@@ -138,6 +138,8 @@ impl TelemetrySettings {
             metrics_prefix: format!("opmas_{tag}.metrics"),
             logs_stream: format!("OPMAS_LOGS_{}", tag.to_uppercase()),
             logs_prefix: format!("opmas_{tag}.logs"),
+            // JetStream reserves max_bytes up front: keep test streams small.
+            logs_max_bytes: 64 * 1024 * 1024,
             ..Self::default()
         }
     }

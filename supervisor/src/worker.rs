@@ -57,6 +57,7 @@ pub(crate) struct Worker {
     cancel: CancellationToken,
     recovering: bool,
     failed_retry_at: Option<Instant>,
+    last_spawn_error: Option<String>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -74,6 +75,7 @@ impl Worker {
             cancel: cancel.clone(),
             recovering: false,
             failed_retry_at: None,
+            last_spawn_error: None,
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -213,6 +215,29 @@ impl Worker {
         let Some(spec) = agent.spec.as_ref() else {
             return;
         };
+        match self.spawn_process(spec) {
+            Some(identity) => self.report_started(identity).await,
+            None => {
+                if self.spawn_failures == 1
+                    && let Some(error) = self.last_spawn_error.take()
+                {
+                    let _ = self
+                        .report(AgentCommand::RecordError {
+                            severity: Severity::Error,
+                            category: "process".into(),
+                            error_type: "SpawnFailed".into(),
+                            message: error,
+                            context: serde_json::json!({ "command": spec.command, "args": spec.args }),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Starts the process and takes charge of it; on failure, schedules a
+    /// retry with growing delays and keeps the error for the caller.
+    fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
         let sizes = self.shared.logs.sizes(&self.id);
         match Proc::spawn(&self.id, spec, &self.shared.config) {
             Ok(proc) => {
@@ -220,7 +245,7 @@ impl Worker {
                 info!(agent_id = %self.id, pid = proc.identity.pid, "started");
                 let identity = proc.identity.clone();
                 self.watch(proc, spec, Some(sizes));
-                self.report_started(identity).await;
+                Some(identity)
             }
             Err(err) => {
                 self.spawn_failures += 1;
@@ -229,17 +254,8 @@ impl Worker {
                 self.wake_in(Duration::from_millis(
                     delay.min(spec.restart.max_delay_ms.max(1_000)),
                 ));
-                if self.spawn_failures == 1 {
-                    let _ = self
-                        .report(AgentCommand::RecordError {
-                            severity: Severity::Error,
-                            category: "process".into(),
-                            error_type: "SpawnFailed".into(),
-                            message: err.to_string(),
-                            context: serde_json::json!({ "command": spec.command, "args": spec.args }),
-                        })
-                        .await;
-                }
+                self.last_spawn_error = Some(err.to_string());
+                None
             }
         }
     }
@@ -309,7 +325,7 @@ impl Worker {
         }
         // Recorded as running, but gone (it died while no supervisor watched).
         let Some(pid) = agent.pid else { return };
-        self.report_exit(pid, Exit::unknown()).await;
+        self.report_exit(exit_fact(pid, Exit::unknown())).await;
         self.wake_in(Duration::ZERO);
     }
 
@@ -379,17 +395,37 @@ impl Worker {
         // Nothing of the agent may outlive it: kill what is left of its group.
         let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
         info!(agent_id = %self.id, pid, code = ?exit.code, signal = ?exit.signal, "exited");
-        self.report_exit(pid, exit).await;
+        let fact = exit_fact(pid, exit);
+        // Fast path: when the agent as last seen restarts at once on this
+        // exit, start the replacement before the facts are committed. If the
+        // view was stale (say, stopped meanwhile), the start is refused and
+        // the new process stopped.
+        let replacement = match self.immediate_restart(&fact) {
+            Some(spec) => self.spawn_process(&spec),
+            None => None,
+        };
+        self.report_exit(fact).await;
+        if let Some(identity) = replacement {
+            self.report_started(identity).await;
+        }
     }
 
-    async fn report_exit(&mut self, pid: u32, exit: Exit) {
-        let command = AgentCommand::ReportProcessExited {
-            pid,
-            code: exit.code,
-            signal: exit.signal,
-            at: Utc::now(),
-            jitter_sample: rand::random::<f64>(),
-        };
+    fn immediate_restart(&self, fact: &AgentCommand) -> Option<AgentSpec> {
+        let (agent, _) = self.shared.store.cached(&self.id)?;
+        let events = agent.events_for(fact.clone()).ok()?;
+        let now = events.iter().any(|e| {
+            matches!(
+                e,
+                AgentEvent::ProcessExited {
+                    decision: RestartDecision::Restart { delay_ms: 0, .. },
+                    ..
+                }
+            )
+        });
+        if now { agent.spec } else { None }
+    }
+
+    async fn report_exit(&mut self, command: AgentCommand) {
         match self.report(command).await {
             Ok(events) => {
                 for event in events {
@@ -568,6 +604,16 @@ impl Worker {
         if let Err(err) = self.report(done).await {
             debug!(agent_id = %self.id, error = %err, "recovery failure not recorded");
         }
+    }
+}
+
+fn exit_fact(pid: u32, exit: Exit) -> AgentCommand {
+    AgentCommand::ReportProcessExited {
+        pid,
+        code: exit.code,
+        signal: exit.signal,
+        at: Utc::now(),
+        jitter_sample: rand::random::<f64>(),
     }
 }
 

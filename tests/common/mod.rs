@@ -46,7 +46,7 @@ impl TestDb {
             Some(i) => format!("{}/{name}", &base[..i]),
             None => panic!("bad OPMAS_TEST_DATABASE_URL"),
         };
-        let pool = opmas_store::db::connect(&url, 40).await.unwrap();
+        let pool = opmas_store::db::connect(&url, 16).await.unwrap();
         opmas_store::db::migrate(&pool).await.unwrap();
         Self { pool, name, url }
     }

@@ -1,0 +1,207 @@
+//! The loop shared by every projector: a durable JetStream pull consumer
+//! whose ready messages are written as one batch, in one transaction that
+//! also stores the consumer's checkpoint and lag; messages are acked only
+//! after that commit. A failed batch is retried as is (never skipped), so a
+//! checkpoint never passes an unwritten message.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Message, consumer::pull};
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Error;
+
+/// Writes one batch of messages inside the consumer's transaction.
+pub trait Sink: Send + Sync {
+    /// `after` is the stream sequence already written (telemetry sinks skip
+    /// messages at or below it; the events sink checkpoints per agent).
+    fn write(
+        &self,
+        conn: &mut PgConnection,
+        messages: &[Message],
+        after: u64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Lag of one consumer, as last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConsumerLag {
+    pub stream: String,
+    /// Stream sequence of the last message written.
+    pub stream_sequence: u64,
+    /// Messages in the stream not yet delivered to the consumer.
+    pub pending: u64,
+    /// Messages written since this process started.
+    pub processed: u64,
+}
+
+/// Lag of every consumer of a projector; cheap to clone (for the API's
+/// metrics endpoint). Also stored in `projection_consumers`.
+#[derive(Debug, Clone, Default)]
+pub struct Lag(Arc<Mutex<BTreeMap<String, ConsumerLag>>>);
+
+impl Lag {
+    /// Consumer name → lag.
+    pub fn snapshot(&self) -> BTreeMap<String, ConsumerLag> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, name: &str, stream: &str, sequence: u64, pending: u64, n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let lag = map.entry(name.to_owned()).or_default();
+        lag.stream = stream.to_owned();
+        lag.stream_sequence = sequence;
+        lag.pending = pending;
+        lag.processed += n;
+    }
+}
+
+/// One durable consumer and where it writes.
+pub struct Consumer<S> {
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    /// Durable consumer name, also its row in `projection_consumers`.
+    pub name: String,
+    pub stream: String,
+    /// Most messages per transaction.
+    pub batch: usize,
+    /// Redelivery delay of unacked messages.
+    pub ack_wait: Duration,
+    pub retry_delay: Duration,
+    pub lag: Lag,
+    pub sink: S,
+}
+
+const CHECKPOINT: &str = "
+insert into projection_consumers (name, stream) values ($1, $2)
+on conflict (name) do update set stream = excluded.stream
+returning stream_sequence";
+
+const SAVE: &str = "
+update projection_consumers
+set stream_sequence = greatest(stream_sequence, $2), pending = $3,
+    processed = processed + $4, updated_at = now()
+where name = $1";
+
+impl<S: Sink> Consumer<S> {
+    /// Consumes until `cancel`; reconnects after NATS errors.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        while !cancel.is_cancelled() {
+            if let Err(err) = self.consume(&cancel).await {
+                warn!(consumer = %self.name, error = %err, "consumer failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(self.retry_delay) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, cancel: &CancellationToken) -> Result<(), Error> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(Error::nats)?;
+        let config = pull::Config {
+            durable_name: Some(self.name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: i64::try_from(self.batch.saturating_mul(4)).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&self.name, config)
+            .await
+            .map_err(Error::nats)?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(Error::nats)?
+            .ready_chunks(self.batch);
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                chunk = messages.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                return Err(Error::Nats("message stream ended".into()));
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(msg) => batch.push(msg),
+                    Err(err) => debug!(consumer = %self.name, error = %err, "pull status"),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.write_until_done(&batch, cancel).await;
+            for msg in &batch {
+                if let Err(err) = msg.ack().await {
+                    warn!(consumer = %self.name, error = %err, "ack failed (will be redelivered)");
+                }
+            }
+        }
+    }
+
+    /// Retries the batch until it is written (or cancelled: then it is not
+    /// acked and will be redelivered).
+    async fn write_until_done(&self, batch: &[Message], cancel: &CancellationToken) {
+        loop {
+            match self.write(batch).await {
+                Ok(()) => return,
+                Err(err) => warn!(consumer = %self.name, error = %err, "batch failed; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.retry_delay) => {}
+            }
+        }
+    }
+
+    async fn write(&self, batch: &[Message]) -> Result<(), Error> {
+        let (mut sequence, mut pending) = (0, 0);
+        for msg in batch {
+            if let Ok(info) = msg.info() {
+                sequence = sequence.max(info.stream_sequence);
+                pending = info.pending;
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let after: i64 = sqlx::query_scalar(CHECKPOINT)
+            .bind(&self.name)
+            .bind(&self.stream)
+            .fetch_one(&mut *tx)
+            .await?;
+        self.sink
+            .write(&mut tx, batch, u64::try_from(after).unwrap_or(0))
+            .await?;
+        let n = batch.len() as u64;
+        sqlx::query(SAVE)
+            .bind(&self.name)
+            .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+            .bind(i64::try_from(pending).unwrap_or(i64::MAX))
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.lag
+            .record(&self.name, &self.stream, sequence, pending, n);
+        Ok(())
+    }
+}
+
+/// The stream sequence of a message (0 if it carries no JetStream info).
+pub fn stream_sequence(msg: &Message) -> u64 {
+    msg.info().map(|i| i.stream_sequence).unwrap_or(0)
+}

@@ -1,0 +1,244 @@
+//! Shared test support (the pattern of the workspace's tests/common): one
+//! fresh database per test on the shared Postgres, stream names per test on
+//! the shared nats-server, a relay and a projector on them.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opmas_domain::{AgentCommand, AgentId, AgentSpec, EventMetadata};
+use opmas_projections::{Config, Projector};
+use opmas_store::{Relay, RelayConfig, StreamSettings, TelemetrySettings};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn admin_url() -> String {
+    std::env::var("OPMAS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("OPMAS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A database of its own, migrated; dropped by [`TestDb::cleanup`].
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("opmas_test_{}", tag());
+        let admin = opmas_store::db::connect(&admin_url(), 1).await.unwrap();
+        sqlx::query(&format!("create database {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let base = admin_url();
+        let i = base.rfind('/').unwrap();
+        let url = format!("{}/{name}", &base[..i]);
+        let pool = opmas_store::db::connect(&url, 20).await.unwrap();
+        opmas_store::db::migrate(&pool).await.unwrap();
+        Self { pool, name }
+    }
+
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        let admin = opmas_store::db::connect(&admin_url(), 1).await.unwrap();
+        let _ = sqlx::query(&format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
+        admin.close().await;
+    }
+}
+
+/// Streams of a test's own: events and telemetry.
+pub struct Streams {
+    pub client: async_nats::Client,
+    pub events: StreamSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl Streams {
+    pub async fn new() -> Self {
+        let t = tag();
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        // JetStream reserves max_bytes per stream: keep test streams small.
+        let telemetry = TelemetrySettings {
+            logs_max_bytes: 64 << 20,
+            ..TelemetrySettings::isolated(&t)
+        };
+        let s = Self {
+            client,
+            events: StreamSettings::isolated(&t),
+            telemetry,
+        };
+        let js = s.js();
+        s.events.ensure(&js).await.unwrap();
+        s.telemetry.ensure(&js).await.unwrap();
+        s
+    }
+
+    pub fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client.clone())
+    }
+
+    pub async fn cleanup(self) {
+        let js = self.js();
+        for name in [
+            &self.events.name,
+            &self.telemetry.metrics_stream,
+            &self.telemetry.logs_stream,
+        ] {
+            if let Err(err) = js.delete_stream(name).await {
+                eprintln!("cannot delete stream {name}: {err}");
+            }
+        }
+    }
+
+    /// Projector settings on these streams, with short timers for tests.
+    pub fn config(&self) -> Config {
+        Config {
+            events: self.events.clone(),
+            telemetry: self.telemetry.clone(),
+            batch: 100,
+            ack_wait: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(100),
+            rollup_interval: Duration::from_secs(3600),
+            retention_interval: Duration::from_secs(3600),
+            ..Config::default()
+        }
+    }
+
+    pub fn relay(&self, db: &TestDb, cancel: &CancellationToken) -> JoinHandle<()> {
+        let config = RelayConfig {
+            stream: self.events.clone(),
+            sweep_interval: Duration::from_millis(100),
+            retry_delay: Duration::from_millis(100),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::new(db.pool.clone(), self.client.clone(), config);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { relay.run(cancel).await.unwrap() })
+    }
+
+    pub fn projector(
+        &self,
+        db: &TestDb,
+        config: Config,
+        cancel: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let projector = Projector::new(db.pool.clone(), self.client.clone(), config);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { projector.run(cancel).await.unwrap() })
+    }
+}
+
+pub fn meta(actor: &str) -> HashMap<String, String> {
+    EventMetadata::new(actor, uuid::Uuid::new_v4().to_string(), chrono::Utc::now()).to_map()
+}
+
+pub fn meta_reason(actor: &str, reason: &str) -> HashMap<String, String> {
+    let mut m = meta(actor);
+    m.insert("reason".into(), reason.into());
+    m
+}
+
+pub fn spec() -> AgentSpec {
+    AgentSpec {
+        agent_type: "test".into(),
+        command: "sleep".into(),
+        args: vec!["1000".into()],
+        ..AgentSpec::default()
+    }
+}
+
+pub fn register(id: &str) -> AgentCommand {
+    AgentCommand::Register {
+        agent_id: AgentId::parse(id).unwrap(),
+        spec: spec(),
+    }
+}
+
+pub fn record_error(n: usize) -> AgentCommand {
+    AgentCommand::RecordError {
+        severity: opmas_domain::Severity::Warning,
+        category: "test".into(),
+        error_type: "Synthetic".into(),
+        message: format!("error {n}"),
+        context: serde_json::json!({ "n": n }),
+    }
+}
+
+pub fn update_config(expected_version: u32, n: usize) -> AgentCommand {
+    AgentCommand::UpdateConfig {
+        expected_version,
+        config: serde_json::json!({ "n": n }),
+    }
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every agent's checkpoint equals its last stored event.
+pub async fn caught_up(pool: &PgPool) -> bool {
+    let behind: i64 = sqlx::query_scalar(
+        "select count(*) from (select aggregate_id, max(sequence) m from events group by 1) e \
+         left join agent_status s on s.agent_id = e.aggregate_id \
+         where coalesce(s.last_sequence, 0) <> e.m",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    behind == 0
+}
+
+pub async fn wait_caught_up(pool: &PgPool) {
+    assert!(
+        eventually(Duration::from_secs(60), || caught_up(pool)).await,
+        "projector did not catch up"
+    );
+}
+
+/// Rebuilt-from-the-store equals live, table by table.
+pub async fn assert_rebuild_equals_live(pool: &PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let comparisons = opmas_projections::checksum::check(&mut conn).await.unwrap();
+    assert_eq!(comparisons.len(), 6);
+    for c in &comparisons {
+        assert!(c.equal(), "{} differs: {c:?}", c.live.table);
+    }
+}
+
+/// Checksums of the live tables.
+pub async fn live_checksums(pool: &PgPool) -> Vec<opmas_projections::checksum::Checksum> {
+    let mut conn = pool.acquire().await.unwrap();
+    opmas_projections::checksum::checksums(&mut conn, &opmas_projections::write::Tables::live())
+        .await
+        .unwrap()
+}
