@@ -36,6 +36,11 @@ impl Harness {
     }
 
     async fn without_supervisor() -> Self {
+        // OPMAS_TEST_LOG=opmas_supervisor=debug shows what the supervisor did.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("OPMAS_TEST_LOG"))
+            .with_test_writer()
+            .try_init();
         let db = TestDb::new().await;
         let client = nats().await;
         let settings = stream();

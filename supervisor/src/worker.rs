@@ -126,9 +126,16 @@ impl Worker {
         Ok(events.into_iter().map(|e| e.payload).collect())
     }
 
+    /// Schedules a reconcile after `delay` (the earliest pending wake wins;
+    /// one already in the past is spent and replaced, or it would cut every
+    /// later backoff short).
     fn wake_in(&mut self, delay: Duration) {
-        let at = Instant::now() + delay;
-        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        let now = Instant::now();
+        let at = now + delay;
+        self.wake_at = Some(match self.wake_at {
+            Some(pending) if pending > now => pending.min(at),
+            _ => at,
+        });
     }
 
     async fn reconcile(&mut self) {
@@ -208,6 +215,7 @@ impl Worker {
         if self.wake_at.is_some_and(|w| w > Instant::now()) {
             return; // backoff delay still running
         }
+        debug!(agent_id = %self.id, status = %agent.status, wake_at = ?self.wake_at, "spawning");
         self.spawn(agent).await;
     }
 
@@ -401,7 +409,10 @@ impl Worker {
         // view was stale (say, stopped meanwhile), the start is refused and
         // the new process stopped.
         let replacement = match self.immediate_restart(&fact) {
-            Some(spec) => self.spawn_process(&spec),
+            Some(spec) => {
+                debug!(agent_id = %self.id, "restarting before the exit is committed");
+                self.spawn_process(&spec)
+            }
             None => None,
         };
         self.report_exit(fact).await;
