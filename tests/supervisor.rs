@@ -168,8 +168,18 @@ impl Harness {
             .collect()
     }
 
+    /// Stops the supervisor and kills every agent process of this test
+    /// (agents outlive their supervisor by design; tests must not leak them).
     async fn finish(self) {
         self.cancel.cancel();
+        let store = AgentStore::new(self.db.pool.clone());
+        for id in store.agent_ids().await.unwrap_or_default() {
+            if let Ok((agent, _)) = store.load(&id).await
+                && let Some(pid) = agent.pid
+            {
+                let _ = opmas_supervisor::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         delete_stream(&self.client, &self.settings).await;
         let js = async_nats::jetstream::new(self.client.clone());
         let _ = js.delete_stream(&self.telemetry.logs_stream).await;
