@@ -1,66 +1,19 @@
-//! Shared test support (the pattern of the workspace's tests/common): one
-//! fresh database per test on the shared Postgres, stream names per test on
-//! the shared nats-server, a relay and a projector on them.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Test support of the projections: the workspace's `opmas-testkit` (a
+//! database per test) plus streams of a test's own, a relay and a projector
+//! on them.
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use opmas_domain::{AgentCommand, AgentId, AgentSpec, EventMetadata};
+use opmas_domain::AgentCommand;
 use opmas_projections::{Config, Projector};
 use opmas_store::{Relay, RelayConfig, StreamSettings, TelemetrySettings};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub fn admin_url() -> String {
-    std::env::var("OPMAS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("OPMAS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-pub fn tag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-/// A database of its own, migrated; dropped by [`TestDb::cleanup`].
-pub struct TestDb {
-    pub pool: PgPool,
-    pub name: String,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        let name = format!("opmas_test_{}", tag());
-        let admin = opmas_store::db::connect(&admin_url(), 1).await.unwrap();
-        sqlx::query(&format!("create database {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let base = admin_url();
-        let i = base.rfind('/').unwrap();
-        let url = format!("{}/{name}", &base[..i]);
-        let pool = opmas_store::db::connect(&url, 20).await.unwrap();
-        opmas_store::db::migrate(&pool).await.unwrap();
-        Self { pool, name }
-    }
-
-    pub async fn cleanup(self) {
-        self.pool.close().await;
-        let admin = opmas_store::db::connect(&admin_url(), 1).await.unwrap();
-        let _ = sqlx::query(&format!(
-            "drop database if exists {} with (force)",
-            self.name
-        ))
-        .execute(&admin)
-        .await;
-        admin.close().await;
-    }
-}
+pub use opmas_testkit::{TestDb, meta, nats_url, record_error, register, spec, tag};
 
 /// Streams of a test's own: events and telemetry.
 pub struct Streams {
@@ -144,40 +97,10 @@ impl Streams {
     }
 }
 
-pub fn meta(actor: &str) -> HashMap<String, String> {
-    EventMetadata::new(actor, uuid::Uuid::new_v4().to_string(), chrono::Utc::now()).to_map()
-}
-
 pub fn meta_reason(actor: &str, reason: &str) -> HashMap<String, String> {
     let mut m = meta(actor);
     m.insert("reason".into(), reason.into());
     m
-}
-
-pub fn spec() -> AgentSpec {
-    AgentSpec {
-        agent_type: "test".into(),
-        command: "sleep".into(),
-        args: vec!["1000".into()],
-        ..AgentSpec::default()
-    }
-}
-
-pub fn register(id: &str) -> AgentCommand {
-    AgentCommand::Register {
-        agent_id: AgentId::parse(id).unwrap(),
-        spec: spec(),
-    }
-}
-
-pub fn record_error(n: usize) -> AgentCommand {
-    AgentCommand::RecordError {
-        severity: opmas_domain::Severity::Warning,
-        category: "test".into(),
-        error_type: "Synthetic".into(),
-        message: format!("error {n}"),
-        context: serde_json::json!({ "n": n }),
-    }
 }
 
 pub fn update_config(expected_version: u32, n: usize) -> AgentCommand {
