@@ -21,7 +21,6 @@ use chrono::Utc;
 use notify::{RecursiveMode, Watcher};
 use opmas_domain::telemetry::{LogLevel, LogLine, LogStream};
 use opmas_store::TelemetrySettings;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +49,9 @@ impl Default for LogSettings {
         }
     }
 }
+
+/// How often a shipper looks at its files without being woken.
+const SAFETY_POLL: Duration = Duration::from_secs(30);
 
 /// Longest line published; longer lines are cut.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -85,6 +87,14 @@ impl LogHub {
             let base = dir.to_path_buf();
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
+                // Only writes matter: reacting to the shipper's own reads
+                // (access events) made each read wake the next, forever.
+                if !matches!(
+                    event.kind,
+                    notify::EventKind::Modify(_) | notify::EventKind::Create(_)
+                ) {
+                    return;
+                }
                 for path in event.paths {
                     let agent = path
                         .strip_prefix(&base)
@@ -208,22 +218,22 @@ impl Shipper {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 w = wake.recv() => if w.is_none() { return },
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                // Safety net only: inotify wakes the shipper on every write.
+                () = tokio::time::sleep(SAFETY_POLL) => {}
             }
         }
     }
 
     async fn read(&mut self, tail: &mut Tail) -> std::io::Result<()> {
-        let Ok(mut file) = tokio::fs::File::open(&tail.path).await else {
+        // One blocking-pool hop for the whole read (tokio::fs would take four).
+        let (path, offset) = (tail.path.clone(), tail.offset);
+        let read = tokio::task::spawn_blocking(move || read_from(&path, offset))
+            .await
+            .map_err(std::io::Error::other)??;
+        let Some((start_offset, buf)) = read else {
             return Ok(());
         };
-        let len = file.metadata().await?.len();
-        if len < tail.offset {
-            tail.offset = 0; // truncated (rotated by someone else)
-        }
-        file.seek(std::io::SeekFrom::Start(tail.offset)).await?;
-        let mut buf = Vec::with_capacity((len - tail.offset).min(1 << 20) as usize);
-        (&mut file).take(4 << 20).read_to_end(&mut buf).await?;
+        tail.offset = start_offset;
         tail.offset += buf.len() as u64;
         let mut start = 0;
         for i in 0..buf.len() {
@@ -278,6 +288,25 @@ impl Shipper {
             let _ = self.hub.client.publish(subject, body.into()).await;
         }
     }
+}
+
+/// Bytes of `path` from `offset` (from 0 if the file shrank: rotated), at
+/// most 4 MiB; `None` if the file does not exist. Returns the offset read
+/// from and the bytes.
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    use std::io::{Read, Seek};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let len = file.metadata()?.len();
+    let offset = if len < offset { 0 } else { offset };
+    if len == offset {
+        return Ok(Some((offset, Vec::new())));
+    }
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity((len - offset).min(1 << 20) as usize);
+    file.take(4 << 20).read_to_end(&mut buf)?;
+    Ok(Some((offset, buf)))
 }
 
 /// `path` → `path.1` → ... → `path.<count>` (copy, then truncate `path`).
