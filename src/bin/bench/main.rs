@@ -7,10 +7,18 @@
 //! 1,000 commands/s, (e) relay backlog drain rate after NATS returns.
 //! It uses a fresh database on the Postgres at `OPMAS_BENCH_DATABASE_URL` and
 //! its own stream on the nats-server at `OPMAS_BENCH_NATS_URL`.
+//!
+//! `cargo run --release --bin bench -- projections` measures event committed
+//! → visible in `agent_status`, the replay rate and metrics ingestion.
+//!
+//! `cargo run --release --bin bench -- supervisor` measures restart latency
+//! (with the floor, supervisord and PM2), bulk start/stop and idle overhead.
 
 use clap::{Parser, Subcommand};
 
+mod projections;
 mod spine;
+mod supervisor;
 
 /// Benchmarks of OPMAS.
 #[derive(Parser)]
@@ -23,6 +31,10 @@ struct Cli {
 enum Which {
     /// Event store, commands and relay (issue: the spine).
     Spine(spine::Args),
+    /// Commit -> visible in agent_status, replay rate, metrics ingestion (issue: projections).
+    Projections(projections::Args),
+    /// Restart latency, bulk start/stop, idle overhead; supervisord and PM2 alongside (issue: the supervisor).
+    Supervisor(supervisor::Args),
 }
 
 #[tokio::main]
@@ -33,5 +45,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().which {
         Which::Spine(args) => spine::run(args).await,
+        Which::Projections(args) => projections::run(args).await,
+        Which::Supervisor(args) => supervisor::run(args).await,
     }
 }
