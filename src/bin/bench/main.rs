@@ -16,6 +16,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod projections;
 mod spine;
 mod supervisor;

@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 use opmas::println_out as out;
+
+use crate::common::{Servers, drop_db, error_cmd, meta, register, write_path};
 use opmas_domain::telemetry::MetricSample;
-use opmas_domain::{AgentCommand, AgentId, AgentSpec, EventMetadata, Severity};
 use opmas_projections::{Config, Projector};
-use opmas_store::{
-    AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
-};
+use opmas_store::{AgentStore, StreamSettings, TelemetrySettings};
 use sqlx::{PgPool, Row};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +19,8 @@ use tokio_util::sync::CancellationToken;
 /// Options of `bench projections`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Postgres server (a fresh database is created in it).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// nats-server with JetStream (streams of the bench's own are created).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
+    #[command(flatten)]
+    servers: Servers,
     /// Seconds of the latency phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -46,52 +32,12 @@ pub struct Args {
     samples: usize,
 }
 
-fn meta() -> HashMap<String, String> {
-    EventMetadata::new(
-        "bench",
-        uuid::Uuid::new_v4().to_string(),
-        chrono::Utc::now(),
-    )
-    .to_map()
-}
-
-fn error_cmd(n: u64) -> AgentCommand {
-    AgentCommand::RecordError {
-        severity: Severity::Warning,
-        category: "bench".into(),
-        error_type: "Synthetic".into(),
-        message: format!("synthetic error number {n}"),
-        context: serde_json::json!({ "n": n }),
-    }
-}
-
-fn register(id: &str) -> anyhow::Result<AgentCommand> {
-    Ok(AgentCommand::Register {
-        agent_id: AgentId::parse(id)?,
-        spec: AgentSpec {
-            agent_type: "bench".into(),
-            command: "sleep".into(),
-            args: vec!["1000".into()],
-            ..AgentSpec::default()
-        },
-    })
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("opmas_bench_{tag}");
-    let admin = opmas_store::db::connect(&args.database_url, 1).await?;
-    sqlx::query(&format!("create database {db_name}"))
-        .execute(&admin)
-        .await?;
-    let base = args
-        .database_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .context("bad url")?;
-    let pool = opmas_store::db::connect(&format!("{base}/{db_name}"), 32).await?;
-    opmas_store::db::migrate(&pool).await?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let admin = opmas_store::db::connect(&args.servers.database_url, 1).await?;
+    let pool = args.servers.fresh_db(&admin, &db_name, 32).await?;
+    let client = async_nats::connect(&args.servers.nats_url).await?;
     let events = StreamSettings::isolated(&format!("bench_{tag}"));
     let telemetry = TelemetrySettings::isolated(&format!("bench_{tag}"));
     let result = phases(&args, &pool, &client, &events, &telemetry).await;
@@ -104,9 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = js.delete_stream(name).await;
     }
     pool.close().await;
-    sqlx::query(&format!("drop database {db_name} with (force)"))
-        .execute(&admin)
-        .await?;
+    drop_db(&admin, &db_name).await?;
     result
 }
 
@@ -133,20 +77,7 @@ async fn phases(
         ..Config::default()
     };
     let cancel = CancellationToken::new();
-    let notifier = OutboxNotifier::spawn(pool.clone(), cancel.clone());
-    let store = AgentStore::new(pool.clone())
-        .with_notifier(notifier.clone())
-        .with_group_commit(64);
-    let relay = Relay::new(
-        pool.clone(),
-        client.clone(),
-        RelayConfig {
-            stream: events.clone(),
-            ..RelayConfig::default()
-        },
-    )
-    .with_wake(notifier.subscribe());
-    tokio::spawn(relay.run(cancel.clone()));
+    let store = write_path(pool, client, events, &cancel);
     tokio::spawn(Projector::new(pool.clone(), client.clone(), config).run(cancel.clone()));
 
     let h = latency(&store, pool, args).await?;

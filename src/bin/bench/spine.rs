@@ -10,7 +10,8 @@ use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use opmas::println_out as out;
-use opmas_domain::{AgentCommand, AgentId, AgentSpec, EventMetadata, Severity};
+
+use crate::common::{Servers, drop_db, error_cmd, meta, register};
 use opmas_store::{AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -19,20 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// Options of `bench spine`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Postgres server (a fresh database is created in it).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// nats-server with JetStream (a stream of the bench's own is created).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
+    #[command(flatten)]
+    servers: Servers,
     /// Seconds per throughput phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -47,60 +36,18 @@ pub struct Args {
     backlog: i64,
 }
 
-fn meta() -> HashMap<String, String> {
-    EventMetadata::new(
-        "bench",
-        uuid::Uuid::new_v4().to_string(),
-        chrono::Utc::now(),
-    )
-    .to_map()
-}
-
-fn error_cmd(n: u64) -> AgentCommand {
-    AgentCommand::RecordError {
-        severity: Severity::Warning,
-        category: "bench".into(),
-        error_type: "Synthetic".into(),
-        message: format!("synthetic error number {n} with a few words of text"),
-        context: serde_json::json!({ "n": n, "source": "bench" }),
-    }
-}
-
-fn register(id: &str) -> anyhow::Result<AgentCommand> {
-    Ok(AgentCommand::Register {
-        agent_id: AgentId::parse(id)?,
-        spec: AgentSpec {
-            agent_type: "bench".into(),
-            command: "sleep".into(),
-            args: vec!["1000".into()],
-            ..AgentSpec::default()
-        },
-    })
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("opmas_bench_{tag}");
-    let admin = opmas_store::db::connect(&args.database_url, 1).await?;
-    sqlx::query(&format!("create database {db_name}"))
-        .execute(&admin)
-        .await?;
-    let base = args
-        .database_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .context("bad url")?;
-    let pool = opmas_store::db::connect(&format!("{base}/{db_name}"), 48).await?;
-    opmas_store::db::migrate(&pool).await?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let admin = opmas_store::db::connect(&args.servers.database_url, 1).await?;
+    let pool = args.servers.fresh_db(&admin, &db_name, 48).await?;
+    let client = async_nats::connect(&args.servers.nats_url).await?;
     let settings = StreamSettings::isolated(&format!("bench_{tag}"));
     let result = phases(&args, &pool, &client, &settings).await;
     let js = async_nats::jetstream::new(client.clone());
     let _ = js.delete_stream(&settings.name).await;
     pool.close().await;
-    sqlx::query(&format!("drop database {db_name} with (force)"))
-        .execute(&admin)
-        .await?;
+    drop_db(&admin, &db_name).await?;
     result
 }
 

@@ -19,10 +19,10 @@ use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use opmas::println_out as out;
-use opmas_domain::{AgentCommand, AgentEvent, AgentId, AgentSpec, EventMetadata, RestartMode};
-use opmas_store::{
-    AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
-};
+
+use crate::common::{Servers, drop_db, meta, write_path};
+use opmas_domain::{AgentCommand, AgentEvent, AgentId, AgentSpec, RestartMode};
+use opmas_store::{AgentStore, StreamSettings, TelemetrySettings};
 use opmas_supervisor::{Config, Supervisor};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -30,20 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// Options of `bench supervisor`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Postgres server (fresh databases are created in it).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// nats-server with JetStream (streams of the bench's own are created).
-    #[arg(
-        long,
-        env = "OPMAS_BENCH_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
+    #[command(flatten)]
+    servers: Servers,
     /// Restarts measured for the floor, OPMAS and PM2.
     #[arg(long, default_value_t = 300)]
     restarts: usize,
@@ -118,8 +106,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .tempdir()?;
     let dir = tmp.path().to_path_buf();
     let agent = compile_agent(&dir).await?;
-    let admin = opmas_store::db::connect(&args.database_url, 2).await?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let admin = opmas_store::db::connect(&args.servers.database_url, 2).await?;
+    let client = async_nats::connect(&args.servers.nats_url).await?;
     let ctx = Ctx {
         args,
         dir,
@@ -140,10 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let dbs = std::mem::take(&mut *lock(&ctx.dbs));
     for db in dbs {
-        if let Err(err) = sqlx::query(&format!("drop database if exists {db} with (force)"))
-            .execute(&ctx.admin)
-            .await
-        {
+        if let Err(err) = drop_db(&ctx.admin, &db).await {
             eprintln!("cannot drop database {db}: {err}");
         }
     }
@@ -175,19 +160,9 @@ async fn compile_agent(dir: &Path) -> anyhow::Result<PathBuf> {
 impl Ctx {
     async fn env(&self, name: &str) -> anyhow::Result<Env> {
         let db = format!("opmas_bench_{}_{name}", self.tag);
-        sqlx::query(&format!("create database {db}"))
-            .execute(&self.admin)
-            .await?;
         lock(&self.dbs).push(db.clone());
-        let base = self
-            .args
-            .database_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .context("bad url")?;
-        let url = format!("{base}/{db}");
-        let pool = opmas_store::db::connect(&url, 48).await?;
-        opmas_store::db::migrate(&pool).await?;
+        let pool = self.args.servers.fresh_db(&self.admin, &db, 48).await?;
+        let url = self.args.servers.url_of(&db)?;
         let tag = format!("bench_{}_{name}", self.tag);
         let settings = StreamSettings::isolated(&tag);
         let telemetry = TelemetrySettings::isolated(&tag);
@@ -207,15 +182,6 @@ impl Ctx {
     fn stamps(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.stamps"))
     }
-}
-
-fn meta() -> HashMap<String, String> {
-    EventMetadata::new(
-        "bench",
-        uuid::Uuid::new_v4().to_string(),
-        chrono::Utc::now(),
-    )
-    .to_map()
 }
 
 fn now_ns() -> i64 {
@@ -297,21 +263,11 @@ async fn opmas_phases(
     cancel: &CancellationToken,
     floor: &Gaps,
 ) -> anyhow::Result<()> {
-    let notifier = OutboxNotifier::spawn(env.pool.clone(), cancel.clone());
-    let store = AgentStore::new(env.pool.clone())
-        .with_notifier(notifier.clone())
-        .with_group_commit(64);
-    let relay = Relay::new(
-        env.pool.clone(),
-        ctx.client.clone(),
-        RelayConfig {
-            stream: env.settings.clone(),
-            ..RelayConfig::default()
-        },
-    )
-    .with_wake(notifier.subscribe());
-    tokio::spawn(relay.run(cancel.clone()));
-    let mut config = Config::new(format!("bench-{}", ctx.tag), ctx.args.nats_url.clone());
+    let store = write_path(&env.pool, &ctx.client, &env.settings, cancel);
+    let mut config = Config::new(
+        format!("bench-{}", ctx.tag),
+        ctx.args.servers.nats_url.clone(),
+    );
     config.log_dir = ctx.dir.join("logs");
     config.stream = env.settings.clone();
     config.telemetry = env.telemetry.clone();
@@ -1116,20 +1072,7 @@ async fn opmas_overhead(
     let node = format!("ov-{name}-{}", ctx.tag);
     let marker = format!("ov{name}{}", ctx.tag);
     let result = async {
-        let notifier = OutboxNotifier::spawn(env.pool.clone(), cancel.clone());
-        let store = AgentStore::new(env.pool.clone())
-            .with_notifier(notifier.clone())
-            .with_group_commit(64);
-        let relay = Relay::new(
-            env.pool.clone(),
-            ctx.client.clone(),
-            RelayConfig {
-                stream: env.settings.clone(),
-                ..RelayConfig::default()
-            },
-        )
-        .with_wake(notifier.subscribe());
-        tokio::spawn(relay.run(cancel.clone()));
+        let store = write_path(&env.pool, &ctx.client, &env.settings, &cancel);
         let t = &env.telemetry;
         let mut child = spawn_group(
             opmas,
@@ -1143,7 +1086,7 @@ async fn opmas_overhead(
             &[
                 ("OPMAS_DATABASE_URL", env.url.clone()),
                 ("OPMAS_DB_MAX_CONNECTIONS", "8".into()),
-                ("OPMAS_NATS_URL", ctx.args.nats_url.clone()),
+                ("OPMAS_NATS_URL", ctx.args.servers.nats_url.clone()),
                 ("OPMAS_EVENTS_STREAM", env.settings.name.clone()),
                 (
                     "OPMAS_EVENTS_SUBJECT_PREFIX",
