@@ -10,4 +10,6 @@ export OPMAS_TEST_NATS_URL="${OPMAS_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 PGPASSWORD=postgres psql "$OPMAS_TEST_DATABASE_URL" -Atqc \
   "select 'drop database if exists \"' || datname || '\" with (force);' from pg_database where datname like 'opmas_test_%'" \
   | PGPASSWORD=postgres psql "$OPMAS_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+# Delete streams left on the shared nats-server by tests that panicked.
+cargo run -q -p opmas-testkit --bin sweep-test-streams
 cargo test --workspace --all-targets "$@"
