@@ -218,7 +218,7 @@ pub struct SupervisorArgs {
     #[arg(long, env = "OPMAS_ONLY_PLACED")]
     pub only_placed: bool,
     /// Every agent is reconciled at least this often.
-    #[arg(long, env = "OPMAS_RECONCILE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OPMAS_RECONCILE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reconcile_interval: Duration,
     /// Time between resource samples of each agent.
     #[arg(long, env = "OPMAS_SAMPLE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]

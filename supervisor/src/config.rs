@@ -48,7 +48,7 @@ impl Config {
             node: node.into(),
             claim_unplaced: true,
             log_dir: PathBuf::from(".opmas/logs"),
-            reconcile_interval: Duration::from_secs(10),
+            reconcile_interval: Duration::from_secs(60),
             stream: StreamSettings::default(),
             nats_url: nats_url.into(),
             management_api_url: "http://127.0.0.1:8080".into(),

@@ -51,7 +51,7 @@ impl Default for LogSettings {
 }
 
 /// How often a shipper looks at its files without being woken.
-const SAFETY_POLL: Duration = Duration::from_secs(30);
+const SAFETY_POLL: Duration = Duration::from_secs(60);
 
 /// Longest line published; longer lines are cut.
 pub const MAX_LINE: usize = 16 * 1024;
