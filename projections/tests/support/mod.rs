@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use opmas_testkit::{TestDb, meta, nats_url, record_error, register, spec, tag};
+pub use opmas_testkit::{TestDb, eventually, meta, nats_url, record_error, register, spec, tag};
 
 /// Streams of a test's own: events and telemetry.
 pub struct Streams {
@@ -107,24 +107,6 @@ pub fn update_config(expected_version: u32, n: usize) -> AgentCommand {
     AgentCommand::UpdateConfig {
         expected_version,
         config: serde_json::json!({ "n": n }),
-    }
-}
-
-/// Polls `check` until it is true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
