@@ -146,6 +146,72 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print an agent's events with actor and reason.
     Audit(AuditArgs),
+    /// Run the management API (REST, live stream, OpenAPI, /metrics).
+    Api(ApiArgs),
+    /// Run every server role in one process: API, relay, projector and
+    /// this node's supervisor (each can be switched off).
+    Serve(ServeArgs),
+}
+
+/// `opmas api` (and the API part of `opmas serve` / `opmas dev`)
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "OPMAS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// JWT verification keys, `kid:alg:source` with source `secret=...`,
+    /// `secret-file=PATH` (HS256/384/512) or `pem-file=PATH` (EdDSA,
+    /// RS256, ES256); repeat or separate with commas to rotate keys.
+    #[arg(long = "jwt-key", env = "OPMAS_JWT_KEYS", value_delimiter = ',')]
+    pub jwt_keys: Vec<String>,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "OPMAS_JWT_ISSUER", default_value = "opmas")]
+    pub jwt_issuer: String,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "OPMAS_JWT_AUDIENCE", default_value = "opmas-api")]
+    pub jwt_audience: String,
+    /// Sustained requests per second per token.
+    #[arg(long, env = "OPMAS_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
+    /// Burst of requests per token above the sustained rate.
+    #[arg(long, env = "OPMAS_RATE_BURST", default_value_t = 2000)]
+    pub rate_burst: u32,
+    /// Largest accepted request body, bytes.
+    #[arg(long, env = "OPMAS_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+}
+
+/// `opmas serve`
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Roles to run, comma-separated: api, relay, projector, supervisor.
+    #[arg(
+        long,
+        env = "OPMAS_ROLES",
+        value_delimiter = ',',
+        default_value = "api,relay,projector,supervisor"
+    )]
+    pub roles: Vec<Role>,
+    /// Directory for agents' output files when `--log-dir` is not set.
+    #[arg(long, env = "OPMAS_DATA_DIR", default_value = ".opmas")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+    #[command(flatten)]
+    pub projector: ProjectArgs,
+}
+
+/// A server role of `opmas serve`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Relay,
+    Projector,
+    Supervisor,
 }
 
 /// `opmas project`
@@ -300,6 +366,9 @@ pub struct DevArgs {
     /// Projector settings.
     #[command(flatten)]
     pub projector: ProjectArgs,
+    /// API settings.
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 impl Global {

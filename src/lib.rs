@@ -32,6 +32,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(args) => cmd::project::run(&cli.global, &args).await,
         Command::Replay(args) => cmd::replay::run(&cli.global, &args).await,
         Command::Audit(args) => cmd::audit::run(&cli.global, &args).await,
+        Command::Api(args) => cmd::serve::run_api(&cli.global, &args).await,
+        Command::Serve(args) => cmd::serve::run(&cli.global, &args).await,
     }
 }
 

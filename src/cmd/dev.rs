@@ -7,9 +7,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use opmas_store::{AgentStore, OutboxNotifier, Relay};
 
-use crate::cli::{DevArgs, Global};
+use crate::cli::{DevArgs, Global, Role, ServeArgs};
 use crate::infra::Private;
 
 /// Runs the development stack.
@@ -30,28 +29,33 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         .context("applying migrations")?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
-    let notifier = OutboxNotifier::spawn(pool.clone(), cancel.clone());
-    let store = AgentStore::new(pool.clone())
-        .with_notifier(notifier.clone())
-        .with_group_commit(64);
-    let projector = super::project::spawn(
-        pool.clone(),
-        client.clone(),
-        super::project::config(global, &args.projector),
-        cancel.clone(),
-    );
-    let relay = Relay::new(
-        pool,
-        client.clone(),
-        super::relay::config(global, &args.relay),
+    let serve = ServeArgs {
+        roles: vec![Role::Api, Role::Relay, Role::Projector, Role::Supervisor],
+        data_dir: args.data_dir.clone(),
+        api: args.api.clone(),
+        relay: args.relay.clone(),
+        supervisor: args.supervisor.clone(),
+        projector: args.projector.clone(),
+    };
+    let (tasks, addr) = super::serve::start(global, &serve, pool.clone(), client, &cancel).await?;
+    let token = opmas_api::auth::tokens::create(
+        &pool,
+        "opmas-dev",
+        opmas_api::Role::Admin,
+        "opmas dev",
+        None,
     )
-    .with_wake(notifier.subscribe());
-    let relay = tokio::spawn(relay.run(cancel.clone()));
-    let config = super::supervisor::config(global, &args.supervisor, &args.data_dir.join("logs"));
-    let node = config.node.clone();
-    let supervisor = super::supervisor::spawn(store, client, config, cancel.clone())?;
+    .await
+    .context("creating the development admin token")?;
+    let token_file = args.data_dir.join("admin-token");
+    std::fs::write(&token_file, format!("{}\n", token.token))
+        .with_context(|| format!("writing {}", token_file.display()))?;
+    let node = super::supervisor::node_name(&args.supervisor);
+    let api = addr.map(|a| format!("http://{a}")).unwrap_or_default();
     crate::println_out(&format!(
-        "opmas dev ready\n  database: {}\n  nats:     {}\n  events:   stream {} ({}.>)\n  node:     {node} (supervisor)\nPress Ctrl-C to stop.",
+        "opmas dev ready\n  api:      {api}/api/v1  (docs: {api}/api/v1/docs)\n  token:    {}  (admin; also in {})\n  database: {}\n  nats:     {}\n  events:   stream {} ({}.>)\n  node:     {node} (supervisor)\nTry: OPMAS_SERVER={api} OPMAS_TOKEN=$(cat {}) opmas agents ls\nPress Ctrl-C to stop.",
+        token.token,
+        token_file.display(),
         global
             .database_url
             .as_deref()
@@ -60,10 +64,8 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         global.nats_url.as_deref().unwrap_or_default(),
         global.events_stream,
         global.events_subject_prefix,
+        token_file.display(),
     ));
-    cancel.cancelled().await;
-    relay.await.context("relay task")??;
-    supervisor.await.context("supervisor task")??;
-    projector.await.context("projector task")??;
+    super::serve::wait(tasks, &cancel).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod project;
 pub mod relay;
 pub mod replay;
+pub mod serve;
 pub mod supervisor;
 
 use tokio_util::sync::CancellationToken;

@@ -24,6 +24,7 @@ pub const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
 
 /// What to run and how to keep it running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSpec {
     /// Kind of agent (free text, e.g. `"collector"`).
@@ -83,6 +84,7 @@ impl Default for AgentSpec {
 
 /// OS resource limits; `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct ResourceLimits {
     pub memory_bytes: Option<u64>,
@@ -95,6 +97,7 @@ pub struct ResourceLimits {
 
 /// Heartbeats the agent sends to prove it is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatSpec {
     pub interval_ms: u64,
@@ -129,6 +132,7 @@ labelled_enum! {
 
 /// Restart backoff and intensity; see [`crate::backoff`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RestartPolicy {
     pub mode: RestartMode,
@@ -165,6 +169,7 @@ impl Default for RestartPolicy {
 
 /// How the supervisor probes the agent's health.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthCheck {
     /// Health follows the heartbeats.
@@ -180,6 +185,7 @@ pub enum HealthCheck {
 
 /// A [`HealthCheck`] and its timing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckSpec {
     pub check: HealthCheck,
@@ -213,6 +219,7 @@ labelled_enum! {
 
 /// Recovery of an unhealthy agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RecoveryPolicy {
     pub strategy: RecoveryStrategy,

@@ -1,0 +1,150 @@
+//! `opmas serve` (every role, or those named by `--roles`) and `opmas api`.
+//! `opmas dev` runs the same roles after starting private servers.
+
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use opmas_api::{ApiConfig, AppState};
+use opmas_store::{AgentStore, OutboxNotifier, Relay};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ApiArgs, Global, Role, ServeArgs};
+
+/// The API configuration from the options.
+pub fn api_config(global: &Global, args: &ApiArgs) -> anyhow::Result<ApiConfig> {
+    let keys = opmas_api::auth::jwt::parse_keys(&args.jwt_keys).map_err(anyhow::Error::msg)?;
+    let nz = |v: u32, name: &str| {
+        NonZeroU32::new(v).with_context(|| format!("--{name} must be at least 1"))
+    };
+    Ok(ApiConfig {
+        jwt: opmas_api::auth::jwt::JwtVerifier::new(keys, &args.jwt_issuer, &args.jwt_audience),
+        rate_per_second: nz(args.rate_limit, "rate-limit")?,
+        rate_burst: nz(args.rate_burst, "rate-burst")?,
+        body_limit: args.body_limit,
+        events: global.stream(),
+        telemetry: global.telemetry(),
+        ..ApiConfig::default()
+    })
+}
+
+type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Starts the chosen roles on `cancel`; returns their tasks and the API's
+/// bound address (when the API role runs).
+pub async fn start(
+    global: &Global,
+    args: &ServeArgs,
+    pool: sqlx::PgPool,
+    client: async_nats::Client,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Vec<Task>, Option<std::net::SocketAddr>)> {
+    let notifier = OutboxNotifier::spawn(pool.clone(), cancel.clone());
+    let store = AgentStore::new(pool.clone())
+        .with_notifier(notifier.clone())
+        .with_group_commit(64);
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut addr = None;
+    if args.roles.contains(&Role::Relay) {
+        let relay = Relay::new(
+            pool.clone(),
+            client.clone(),
+            super::relay::config(global, &args.relay),
+        )
+        .with_wake(notifier.subscribe());
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move { Ok(relay.run(c).await?) }));
+    }
+    if args.roles.contains(&Role::Projector) {
+        let p = super::project::spawn(
+            pool.clone(),
+            client.clone(),
+            super::project::config(global, &args.projector),
+            cancel.clone(),
+        );
+        tasks.push(tokio::spawn(async move { Ok(p.await??) }));
+    }
+    if args.roles.contains(&Role::Supervisor) {
+        let config =
+            super::supervisor::config(global, &args.supervisor, &args.data_dir.join("logs"));
+        let s = super::supervisor::spawn(store.clone(), client.clone(), config, cancel.clone())?;
+        tasks.push(tokio::spawn(async move { Ok(s.await??) }));
+    }
+    if args.roles.contains(&Role::Api) {
+        let config = api_config(global, &args.api)?;
+        let listener = tokio::net::TcpListener::bind(args.api.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (set --listen or OPMAS_LISTEN)",
+                    args.api.listen
+                )
+            })?;
+        addr = Some(listener.local_addr()?);
+        let state = AppState::new(pool, store, client, config);
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            opmas_api::serve(listener, state, c)
+                .await
+                .context("API server")
+        }));
+    }
+    Ok((tasks, addr))
+}
+
+/// Waits for every task; the first error cancels the others.
+pub async fn wait(tasks: Vec<Task>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    let mut pending: futures::stream::FuturesUnordered<Task> = tasks.into_iter().collect();
+    use futures::StreamExt;
+    while let Some(done) = pending.next().await {
+        let result = done.context("task panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), "a role stopped with an error; stopping the others");
+            cancel.cancel();
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// Runs `opmas serve`.
+pub async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.roles.is_empty() {
+        anyhow::bail!("--roles is empty: name at least one of api, relay, projector, supervisor");
+    }
+    let pool = crate::infra::database(global).await?;
+    opmas_store::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let client = crate::infra::nats(global, true).await?;
+    let cancel = super::shutdown_token();
+    let (tasks, addr) = start(global, args, pool, client, &cancel).await?;
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "API listening");
+    }
+    wait(tasks, &cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `opmas api`: the API role alone.
+pub async fn run_api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let serve = ServeArgs {
+        roles: vec![Role::Api],
+        data_dir: ".opmas".into(),
+        api: args.clone(),
+        relay: default_args::<crate::cli::RelayArgs>(),
+        supervisor: default_args::<crate::cli::SupervisorArgs>(),
+        projector: default_args::<crate::cli::ProjectArgs>(),
+    };
+    run(global, &serve).await
+}
+
+/// Defaults of an `Args` group (as if no option were given).
+fn default_args<T: clap::FromArgMatches + clap::Args>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults"));
+    let matches = cmd.get_matches_from(["defaults"]);
+    T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("defaults of an Args group: {e}"))
+}
