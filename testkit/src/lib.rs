@@ -5,8 +5,11 @@
 //!
 //! # Layout
 //! Everything is in this file: [`TestDb`], [`stream`], [`meta`], [`spec`],
-//! [`register`], [`record_error`], [`eventually`], [`store_events`].
+//! [`register`], [`record_error`], [`eventually`], [`store_events`];
+//! [`api::ApiStack`] (a control plane behind a real HTTP server) in `api.rs`.
 #![allow(clippy::unwrap_used)]
+
+pub mod api;
 
 use std::collections::HashMap;
 use std::time::Duration;
