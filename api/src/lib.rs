@@ -193,5 +193,9 @@ pub async fn serve(
         .await
 }
 
+/// Acquire timeout of the API's database pool: an unreachable database
+/// becomes a 503 within about this long.
+pub const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// Deadline for answering "is the database there" style probes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);

@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Authorized, VIEWER};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::Query;
 
@@ -229,11 +229,10 @@ impl LiveParams {
               (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn ws(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     Query(params): Query<LiveParams>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let filter = params.filter()?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::bad_request("this is a WebSocket endpoint: connect with a WebSocket client")
@@ -302,10 +301,9 @@ async fn send(socket: &mut WebSocket, text: String) -> Result<(), ()> {
               (status = 422, body = ErrorBody)))]
 pub async fn sse(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     Query(params): Query<LiveParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let filter = params.filter()?;
     let rx = subscribe(&state).await?;
     Ok(Sse::new(sse_stream(state, rx, filter))

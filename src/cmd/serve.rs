@@ -72,6 +72,17 @@ pub async fn start(
     }
     if args.roles.contains(&Role::Api) {
         let config = api_config(global, &args.api)?;
+        // Its own pool with a short acquire timeout: an unreachable database
+        // answers 503 within a second instead of holding requests.
+        let url = global.database_url.as_deref().unwrap_or_default();
+        let pool = opmas_store::db::connect_lazy(
+            url,
+            global.db_max_connections,
+            opmas_api::DB_ACQUIRE_TIMEOUT,
+        )?;
+        let store = AgentStore::new(pool.clone())
+            .with_notifier(notifier.clone())
+            .with_group_commit(64);
         let listener = tokio::net::TcpListener::bind(args.api.listen)
             .await
             .with_context(|| {

@@ -20,6 +20,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     Ok(pool)
 }
 
+/// A pool that connects on first use and gives up acquiring a connection
+/// after `acquire_timeout` (the API uses a short one: an unreachable
+/// database must become a quick 503, not a hanging request).
+pub fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy(url)?)
+}
+
 /// Applies every pending migration (idempotent).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     MIGRATOR.run(pool).await?;

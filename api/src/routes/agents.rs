@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AgentPath, Body, Query, RequestId, instant, page_limit};
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{ADMIN, Authorized, OPERATOR, Principal, VIEWER};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// One agent as the read models (or the aggregate) see it.
@@ -232,10 +232,9 @@ fn filtered<'a>(select: &str, p: &'a ListParams) -> QueryBuilder<'a, Postgres> {
     responses((status = 200, body = AgentPage), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     Query(p): Query<ListParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let limit = page_limit(p.limit, 100, 1000)?;
     let offset = p.offset.unwrap_or(0);
     if offset < 0 {
@@ -335,11 +334,10 @@ pub struct GetParams {
     responses((status = 200, body = AgentDetail), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<GetParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     if let Some(at) = p.at.as_deref() {
         let at = instant("at", at)?;
         let as_of = match opmas_projections::audit::state_as_of(state.pool(), &id, at).await {
@@ -375,10 +373,9 @@ pub async fn get(
     responses((status = 200, body = AgentView), (status = 404, body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let sql = format!("select {STATUS_COLUMNS} from agent_status where agent_id = $1");
     let row: Option<StatusRow> = sqlx::query_as(&sql)
         .bind(&id)
@@ -463,11 +460,10 @@ pub struct RegisterRequest {
     responses((status = 201, body = CommandResult), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ ADMIN }>,
     RequestId(rid): RequestId,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     let agent_id = AgentId::parse(&req.agent_id)
         .map_err(|e| ApiError::validation("agent_id", e.to_string()))?;
     let result = execute(
@@ -508,12 +504,11 @@ pub struct UpdateRequest {
     responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ ADMIN }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     Body(req): Body<UpdateRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     let result = execute(
         &state,
         &principal,
@@ -542,12 +537,11 @@ pub struct ReasonParams {
     responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn deregister(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ ADMIN }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     Query(p): Query<ReasonParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     let result = execute(
         &state,
         &principal,
@@ -578,7 +572,6 @@ async fn lifecycle(
     name: &str,
     command: AgentCommand,
 ) -> ApiResult<Response> {
-    principal.require(Role::Operator)?;
     let reason = body.and_then(|b| b.reason);
     let result = execute(
         &state,
@@ -626,7 +619,7 @@ where
     responses((status = 202, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     OptionalBody(body): OptionalBody<LifecycleRequest>,
@@ -650,7 +643,7 @@ pub async fn start(
     responses((status = 202, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     OptionalBody(body): OptionalBody<LifecycleRequest>,
@@ -665,7 +658,7 @@ pub async fn stop(
     responses((status = 202, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn restart(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     OptionalBody(body): OptionalBody<LifecycleRequest>,
@@ -700,12 +693,11 @@ pub struct RecoverRequest {
     responses((status = 202, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn recover(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     Body(req): Body<RecoverRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Operator)?;
     let strategy = match req.strategy {
         Some(s) => s,
         None => {
@@ -743,12 +735,11 @@ pub async fn recover(
     responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_recovery_policy(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     Body(policy): Body<RecoveryPolicy>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Operator)?;
     let result = execute(
         &state,
         &principal,

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AgentPath, Query, page_limit};
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Authorized, VIEWER};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// 404 unless the agent has a read-model row.
@@ -58,11 +58,10 @@ pub struct PageParams {
     responses((status = 200, body = Vec<Transition>), (status = 404, body = ErrorBody)))]
 pub async fn history(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<PageParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     ensure_agent(&state, &id).await?;
     let limit = page_limit(p.limit, 100, 1000)?;
     let rows: Vec<Transition> = sqlx::query_as(
@@ -101,11 +100,10 @@ pub struct RecoveryAttempt {
     responses((status = 200, body = Vec<RecoveryAttempt>), (status = 404, body = ErrorBody)))]
 pub async fn recovery(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<PageParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     ensure_agent(&state, &id).await?;
     let limit = page_limit(p.limit, 100, 1000)?;
     let rows: Vec<RecoveryAttempt> = sqlx::query_as(
@@ -194,11 +192,10 @@ pub fn redact_secrets(value: &mut Value) {
     responses((status = 200, body = EventPage), (status = 404, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<EventParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let limit = page_limit(p.limit, 100, 1000)?;
     let after = p.after.unwrap_or(0);
     let exists: bool = sqlx::query_scalar(

@@ -14,7 +14,7 @@ use super::agents::{CommandResult, execute};
 use super::audit::ensure_agent;
 use super::{AgentPath, Body, RequestId};
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Authorized, OPERATOR, VIEWER};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// The current configuration.
@@ -38,10 +38,9 @@ fn etag(version: u32) -> HeaderValue {
               (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     // The aggregate is the authority for the version an If-Match must name.
     let (agent, _) = match state.store().cached(&id) {
         Some(c) => c,
@@ -81,13 +80,12 @@ pub struct ConfigUpdate {
               (status = 412, body = ErrorBody), (status = 428, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     headers: HeaderMap,
     Body(req): Body<ConfigUpdate>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Operator)?;
     let expected = if_match(&headers)?;
     let result = execute(
         &state,
@@ -148,10 +146,9 @@ pub struct ConfigVersion {
     responses((status = 200, body = Vec<ConfigVersion>), (status = 404, body = ErrorBody)))]
 pub async fn versions(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     ensure_agent(&state, &id).await?;
     let rows: Vec<ConfigVersion> = sqlx::query_as(
         "select version, config, diff, previous_version, rolled_back_to, event_type, actor, at \
@@ -179,12 +176,11 @@ pub struct RollbackRequest {
     responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ OPERATOR }>,
     RequestId(rid): RequestId,
     AgentPath(id): AgentPath,
     Body(req): Body<RollbackRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Operator)?;
     let result = execute(
         &state,
         &principal,

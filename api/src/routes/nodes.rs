@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Authorized, VIEWER};
 use crate::error::{ApiResult, ErrorBody};
 
 /// One node.
@@ -38,8 +38,10 @@ pub struct NodeView {
 #[utoipa::path(get, path = "/nodes", tag = "nodes",
     security(("bearer" = ["viewer"])),
     responses((status = 200, body = Vec<NodeView>), (status = 503, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
+pub async fn list(
+    State(state): State<AppState>,
+    Authorized(_principal): Authorized<{ VIEWER }>,
+) -> ApiResult<Response> {
     let counts: Vec<(String, i64, i64)> = sqlx::query_as(
         "select node, count(*), count(*) filter (where status = 'running') from agent_status \
          where node is not null and not deregistered group by node",

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::audit::ensure_agent;
 use super::{AgentPath, Query, instant, page_limit};
 use crate::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Authorized, VIEWER};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -48,11 +48,10 @@ pub struct MetricSeries {
     responses((status = 200, body = MetricSeries), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<MetricParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let resolution = p.resolution.unwrap_or_else(|| "1m".to_owned());
     if !["raw", "1m", "1h"].contains(&resolution.as_str()) {
         return Err(ApiError::validation(
@@ -140,11 +139,10 @@ pub struct ErrorGroup {
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn errors(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<ErrorParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let limit = page_limit(p.limit, 100, 1000)?;
     let since = p
         .since
@@ -214,11 +212,10 @@ pub struct LogParams {
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
     Query(p): Query<LogParams>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let levels: Vec<String> = match p.level.as_deref() {
         None | Some("") => Vec::new(),
         Some(s) => s.split(',').map(|l| l.trim().to_lowercase()).collect(),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::Body;
 use crate::AppState;
 use crate::auth::tokens::{self, CreatedToken, TokenInfo};
-use crate::auth::{Principal, Role};
+use crate::auth::{ADMIN, Authorized, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -31,10 +31,9 @@ pub struct CreateToken {
     responses((status = 201, body = CreatedToken), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ ADMIN }>,
     Body(req): Body<CreateToken>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::validation("name", "use 1 to 100 characters"));
@@ -67,8 +66,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/tokens", tag = "tokens",
     security(("bearer" = ["admin"])),
     responses((status = 200, body = Vec<TokenInfo>)))]
-pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
+pub async fn list(
+    State(state): State<AppState>,
+    Authorized(_principal): Authorized<{ ADMIN }>,
+) -> ApiResult<Response> {
     Ok(super::ok(tokens::list(state.pool()).await?))
 }
 
@@ -79,10 +80,9 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiRes
     responses((status = 200, body = TokenInfo), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
-    principal: Principal,
+    Authorized(principal): Authorized<{ ADMIN }>,
     path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     let Path(id) = path.map_err(|_| ApiError::validation("token_id", "not a token id (a UUID)"))?;
     let revoked = tokens::revoke(state.pool(), id)
         .await?
