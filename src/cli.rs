@@ -99,6 +99,9 @@ pub struct Global {
         default_value = "opmas.logs"
     )]
     pub logs_subject_prefix: String,
+    /// Size limit of the logs stream in bytes (JetStream reserves it up front).
+    #[arg(long, global = true, env = "OPMAS_LOGS_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub logs_max_bytes: i64,
     /// Max age of the metrics and logs streams.
     #[arg(long, global = true, env = "OPMAS_TELEMETRY_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub telemetry_max_age: Duration,
@@ -151,6 +154,23 @@ pub enum Command {
     /// Run every server role in one process: API, relay, projector and
     /// this node's supervisor (each can be switched off).
     Serve(ServeArgs),
+    /// Create an API token directly in the database (the first admin token
+    /// of a new installation; afterwards use the API). Prints the token once.
+    BootstrapToken(BootstrapTokenArgs),
+}
+
+/// `opmas bootstrap-token`
+#[derive(Debug, Args, Clone)]
+pub struct BootstrapTokenArgs {
+    /// A name to recognise the token by.
+    #[arg(long, default_value = "bootstrap")]
+    pub name: String,
+    /// viewer, operator or admin.
+    #[arg(long, default_value = "admin")]
+    pub role: String,
+    /// Lifetime, e.g. `30d` (default: no expiry).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires: Option<Duration>,
 }
 
 /// `opmas api` (and the API part of `opmas serve` / `opmas dev`)
@@ -393,8 +413,8 @@ impl Global {
             logs_stream: self.logs_stream.clone(),
             logs_prefix: self.logs_subject_prefix.clone(),
             max_age: self.telemetry_max_age,
+            logs_max_bytes: self.logs_max_bytes,
             replicas: self.events_replicas,
-            ..opmas_store::TelemetrySettings::default()
         }
     }
 }

@@ -34,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => cmd::audit::run(&cli.global, &args).await,
         Command::Api(args) => cmd::serve::run_api(&cli.global, &args).await,
         Command::Serve(args) => cmd::serve::run(&cli.global, &args).await,
+        Command::BootstrapToken(args) => cmd::serve::bootstrap_token(&cli.global, &args).await,
     }
 }
 

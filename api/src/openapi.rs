@@ -26,8 +26,70 @@ pub fn base() -> OpenApi {
         .build()
 }
 
+/// Answers every operation can give besides its own (the error format).
+const COMMON: &[(&str, &str)] = &[
+    ("400", "Malformed request (bad JSON, bad path)"),
+    ("401", "Missing, invalid, expired or revoked token"),
+    ("403", "The token's role may not do this"),
+    ("422", "A value is invalid: `details.field` names it"),
+    ("429", "Rate limited: retry after `Retry-After` seconds"),
+    (
+        "503",
+        "Postgres or NATS unreachable: retry after `Retry-After` seconds",
+    ),
+];
+
+/// Extra answers of operations with a request body.
+const WITH_BODY: &[(&str, &str)] = &[
+    ("413", "The body is larger than the server accepts"),
+    ("415", "The body is not `application/json`"),
+];
+
+/// Pattern of agent ids in paths (the exact rules are in `AgentId`).
+const AGENT_ID_PATTERN: &str = "^[a-z][a-z0-9-]{0,62}$";
+
+/// The document as served: the generated one plus the bearer scheme, the
+/// error answers every operation shares and the agent id pattern.
+pub fn finish(doc: OpenApi) -> serde_json::Value {
+    let doc = with_security(doc);
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+    let error = serde_json::json!({
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for op in item.values_mut() {
+                let has_body = op.get("requestBody").is_some();
+                if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
+                    for param in params {
+                        if param["in"] == "path" && param["name"] == "id" {
+                            param["schema"]["pattern"] = AGENT_ID_PATTERN.into();
+                        }
+                    }
+                }
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                let extra = COMMON.iter().chain(if has_body { WITH_BODY } else { &[] });
+                for (code, description) in extra {
+                    responses.entry(code.to_string()).or_insert_with(|| {
+                        let mut r = error.clone();
+                        r["description"] = (*description).into();
+                        r
+                    });
+                }
+            }
+        }
+    }
+    value
+}
+
 /// Adds the bearer security scheme.
-pub fn finish(mut doc: OpenApi) -> OpenApi {
+fn with_security(mut doc: OpenApi) -> OpenApi {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -42,8 +104,8 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
 }
 
 /// `/api/v1/openapi.json` and `/api/v1/docs`.
-pub fn docs(doc: OpenApi) -> axum::Router {
+pub fn docs(doc: serde_json::Value) -> axum::Router {
     SwaggerUi::new("/api/v1/docs")
-        .url(DOCUMENT_PATH, doc)
+        .external_url_unchecked(DOCUMENT_PATH, doc)
         .into()
 }

@@ -159,3 +159,33 @@ fn default_args<T: clap::FromArgMatches + clap::Args>() -> T {
     let matches = cmd.get_matches_from(["defaults"]);
     T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("defaults of an Args group: {e}"))
 }
+
+/// Runs `opmas bootstrap-token`: prints only the token on stdout.
+pub async fn bootstrap_token(
+    global: &Global,
+    args: &crate::cli::BootstrapTokenArgs,
+) -> anyhow::Result<ExitCode> {
+    let role: opmas_api::Role = args.role.parse().map_err(anyhow::Error::msg)?;
+    let expires_at = match args.expires {
+        Some(d) => Some(
+            chrono::Utc::now() + chrono::Duration::from_std(d).context("--expires is too long")?,
+        ),
+        None => None,
+    };
+    let pool = crate::infra::database(global).await?;
+    opmas_store::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let created = opmas_api::auth::tokens::create(
+        &pool,
+        &args.name,
+        role,
+        "opmas bootstrap-token",
+        expires_at,
+    )
+    .await
+    .context("creating the token")?;
+    tracing::info!(id = %created.info.id, name = %args.name, %role, "API token created");
+    crate::println_out(&created.token);
+    Ok(ExitCode::SUCCESS)
+}

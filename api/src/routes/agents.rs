@@ -325,6 +325,7 @@ fn spec_of(agent_state: &Value) -> Option<AgentSpec> {
 #[into_params(parameter_in = Query)]
 pub struct GetParams {
     /// RFC 3339 instant: the agent's state as of then, folded from its events.
+    #[param(format = DateTime)]
     pub at: Option<String>,
 }
 
@@ -501,7 +502,7 @@ pub struct UpdateRequest {
 #[utoipa::path(put, path = "/agents/{id}", tag = "agents", request_body = UpdateRequest,
     params(("id" = String, Path, description = "Agent id")),
     security(("bearer" = ["admin"])),
-    responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = CommandResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     Authorized(principal): Authorized<{ ADMIN }>,

@@ -25,8 +25,10 @@ pub struct MetricParams {
     /// `raw`, `1m` or `1h` (default `1m`).
     pub resolution: Option<String>,
     /// RFC 3339 start (default: one hour before `until`).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339 end, exclusive (default: now).
+    #[param(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -98,6 +100,7 @@ pub struct ErrorParams {
     /// Group repeats by fingerprint (default false: every occurrence).
     pub grouped: Option<bool>,
     /// RFC 3339: only errors at or after this time.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Page size, 1..=1000 (default 100).
     pub limit: Option<i64>,
@@ -193,8 +196,10 @@ pub struct LogParams {
     /// Comma-separated levels: trace, debug, info, warn, error (default: all).
     pub level: Option<String>,
     /// RFC 3339 start.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339 end, exclusive.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// Case-insensitive text the line must contain.
     pub q: Option<String>,
