@@ -157,6 +157,30 @@ pub enum Command {
     /// Create an API token directly in the database (the first admin token
     /// of a new installation; afterwards use the API). Prints the token once.
     BootstrapToken(BootstrapTokenArgs),
+    /// Agents through the API: ls, show, register, start, stop, restart, recover, deregister, events.
+    Agents(crate::client::commands::AgentsArgs),
+    /// An agent's configuration through the API: get, set, history, rollback.
+    Config(crate::client::commands::ConfigArgs),
+    /// An agent's log lines through the API (search, or follow with -f).
+    Logs(crate::client::commands::LogsArgs),
+    /// API tokens through the API (admin): create, ls, revoke.
+    Token(crate::client::commands::TokenArgs),
+}
+
+impl Command {
+    /// Whether this is a client command (talks to the API, not a server role).
+    pub fn is_client(&self) -> bool {
+        matches!(
+            self,
+            Command::Agents(_)
+                | Command::Config(_)
+                | Command::Logs(_)
+                | Command::Token(_)
+                | Command::Events {
+                    command: EventsCommand::Tail(_)
+                }
+        )
+    }
 }
 
 /// `opmas bootstrap-token`
@@ -335,6 +359,8 @@ pub struct SupervisorArgs {
 pub enum EventsCommand {
     /// Compare the Postgres event store with the events stream.
     Verify(VerifyArgs),
+    /// Print lifecycle events (and errors) of agents as they happen, through the API.
+    Tail(crate::client::commands::TailArgs),
 }
 
 /// `opmas relay`

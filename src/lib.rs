@@ -7,6 +7,7 @@
 //! - [`infra`]: connecting to Postgres and NATS, or starting private ones.
 
 pub mod cli;
+pub mod client;
 pub mod cmd;
 pub mod infra;
 pub mod telemetry;
@@ -35,6 +36,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Api(args) => cmd::serve::run_api(&cli.global, &args).await,
         Command::Serve(args) => cmd::serve::run(&cli.global, &args).await,
         Command::BootstrapToken(args) => cmd::serve::bootstrap_token(&cli.global, &args).await,
+        Command::Events {
+            command: EventsCommand::Tail(args),
+        } => client::commands::tail(&args).await,
+        Command::Agents(args) => client::commands::agents(&args).await,
+        Command::Config(args) => client::commands::config(&args).await,
+        Command::Logs(args) => client::commands::logs(&args).await,
+        Command::Token(args) => client::commands::token(&args).await,
     }
 }
 
