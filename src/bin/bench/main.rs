@@ -13,9 +13,13 @@
 //!
 //! `cargo run --release --bin bench -- supervisor` measures restart latency
 //! (with the floor, supervisord and PM2), bulk start/stop and idle overhead.
+//!
+//! `cargo run --release --bin bench -- api` measures status throughput and
+//! the latency of listing 1,000 agents.
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod common;
 mod projections;
 mod spine;
@@ -36,6 +40,8 @@ enum Which {
     Projections(projections::Args),
     /// Restart latency, bulk start/stop, idle overhead; supervisord and PM2 alongside (issue: the supervisor).
     Supervisor(supervisor::Args),
+    /// Status throughput and list latency with 1,000 agents (issue: the API).
+    Api(api::Args),
 }
 
 #[tokio::main]
@@ -48,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
         Which::Spine(args) => spine::run(args).await,
         Which::Projections(args) => projections::run(args).await,
         Which::Supervisor(args) => supervisor::run(args).await,
+        Which::Api(args) => api::run(args).await,
     }
 }
