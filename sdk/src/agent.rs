@@ -125,6 +125,7 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
     let mut beat = tokio::time::interval(handle.settings().heartbeat_interval);
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut listening = true;
     loop {
         tokio::select! {
             () = handle.stopped() => break,
@@ -134,10 +135,11 @@ async fn serve(
             _ = hup.recv() => {
                 let _ = reload(&handle, &mut on_reload, None);
             }
-            message = control.next() => {
-                let Some(message) = message else { break };
-                answer(&handle, &mut on_reload, message).await;
-            }
+            message = control.next(), if listening => match message {
+                Some(message) => answer(&handle, &mut on_reload, message).await,
+                // Only when the connection is closed for good; keep beating.
+                None => listening = false,
+            },
         }
     }
     let _ = control.unsubscribe().await;

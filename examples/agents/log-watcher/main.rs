@@ -86,20 +86,32 @@ async fn watch(handle: Handle, mut config: Config) -> Result<(), opmas_sdk::Erro
     let mut rules = Rules::default();
     let mut offset = None;
     let mut partial = Vec::new();
+    let mut failing: Option<String> = None;
     handle.log(Level::Info, "watching", json!({"path": config.path}));
     loop {
         let found = match read_new(&config, &mut offset, &mut partial).await {
-            Ok(lines) => lines
-                .iter()
-                .flat_map(|l| rules.check(l, config.brute_force_threshold))
-                .collect(),
+            Ok(lines) => {
+                if failing.take().is_some() {
+                    handle.set_status(None);
+                    handle.log(Level::Info, "reading again", json!({"path": config.path}));
+                }
+                lines
+                    .iter()
+                    .flat_map(|l| rules.check(l, config.brute_force_threshold))
+                    .collect()
+            }
             Err(err) => {
-                handle.set_status(Some("cannot read log"));
-                handle.log(
-                    Level::Warn,
-                    "cannot read",
-                    json!({"path": config.path, "error": err.to_string()}),
-                );
+                // Said once per distinct error, not at every poll.
+                let error = err.to_string();
+                if failing.as_ref() != Some(&error) {
+                    handle.set_status(Some("cannot read log"));
+                    handle.log(
+                        Level::Warn,
+                        "cannot read",
+                        json!({"path": config.path, "error": error}),
+                    );
+                    failing = Some(error);
+                }
                 Vec::new()
             }
         };
