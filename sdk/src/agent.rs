@@ -3,6 +3,7 @@
 //! stop or a reload.
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -68,7 +69,7 @@ impl Agent {
             .subscribe(settings.control_subject.clone())
             .await
             .map_err(Error::nats)?;
-        client.flush().await.map_err(Error::nats)?;
+        round_trip(&client).await?;
         Ok(Self {
             handle: Handle::new(settings, client),
             control,
@@ -111,6 +112,23 @@ impl Agent {
         served??;
         result.map_err(|e| Error::Work(e.to_string()))?;
         Ok(handle.outcome().unwrap_or(Outcome::Finished))
+    }
+}
+
+/// Returns once the server has processed everything this connection sent
+/// before (a flush only empties the local buffer): the server handles one
+/// connection's messages in order, so when our own message comes back, the
+/// subscriptions made before it are in place.
+async fn round_trip(client: &async_nats::Client) -> Result<(), Error> {
+    let probe = client.new_inbox();
+    let mut echo = client.subscribe(probe.clone()).await.map_err(Error::nats)?;
+    client
+        .publish(probe, "".into())
+        .await
+        .map_err(Error::nats)?;
+    match tokio::time::timeout(Duration::from_secs(30), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(Error::Nats("no round trip through the server".into())),
     }
 }
 

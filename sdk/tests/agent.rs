@@ -128,11 +128,18 @@ async fn heartbeats_ping_metrics_and_stop() {
     assert_eq!(outcome, Outcome::Stopped);
     assert_eq!(outcome.exit_code(), 0);
     assert!(handle.is_stopped());
-    let gone = nats.request(s.control_subject.clone(), "{}".into()).await;
-    assert!(
-        matches!(gone, Err(ref e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
-        "a stopped agent still answers: {gone:?}"
-    );
+    // The unsubscription reaches the server soon after; until it does, a
+    // request is delivered but never answered.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let probe = nats.request(s.control_subject.clone(), "{}".into());
+        match tokio::time::timeout(Duration::from_millis(500), probe).await {
+            Err(_) => {}
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
+            Ok(other) => panic!("a stopped agent still answers: {other:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
+    }
 }
 
 /// A reload hands the new configuration to the callback and makes it
