@@ -10,7 +10,7 @@ use futures::StreamExt;
 use opmas_domain::control::{ControlAction, ControlReply, ControlRequest};
 use opmas_domain::telemetry::Heartbeat;
 use serde_json::Value;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::MissedTickBehavior;
 
 use crate::settings::read_config_file;
@@ -103,13 +103,14 @@ impl Agent {
         E: std::fmt::Display,
     {
         let handle = self.handle.clone();
-        let service = tokio::spawn(serve(self.handle, self.control, self.on_reload));
+        let signals = Signals::install()?;
+        let service = tokio::spawn(serve(self.handle, self.control, self.on_reload, signals));
         let result = work(handle.clone()).await;
         handle.stop_with(Outcome::Finished);
-        let served = service.await.map_err(|e| Error::Work(e.to_string()));
+        let served = service.await;
         // What was published should leave before the process exits.
         let _ = handle.client().flush().await;
-        served??;
+        served.map_err(|e| Error::Work(format!("service loop: {e}")))?;
         result.map_err(|e| Error::Work(e.to_string()))?;
         Ok(handle.outcome().unwrap_or(Outcome::Finished))
     }
@@ -132,15 +133,36 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), Error> {
     }
 }
 
+/// The signals the agent handles (installed before the work starts).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Error> {
+        let on = |kind| signal(kind).map_err(Error::Signals);
+        Ok(Self {
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// The agent's service loop: heartbeats, control requests, signals.
 async fn serve(
     handle: Handle,
     mut control: async_nats::Subscriber,
     mut on_reload: Option<ReloadFn>,
-) -> Result<(), Error> {
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    signals: Signals,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let mut beat = tokio::time::interval(handle.settings().heartbeat_interval);
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut listening = true;
@@ -161,7 +183,6 @@ async fn serve(
         }
     }
     let _ = control.unsubscribe().await;
-    Ok(())
 }
 
 async fn heartbeat(handle: &Handle) {
