@@ -156,7 +156,7 @@ async fn log_watcher_reports_findings_and_reloads_without_restart() {
 }
 
 /// The host-health agent publishes CPU, memory and disk metrics and
-/// heartbeats with a status.
+/// heartbeats with a status, and survives SIGHUP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_health_publishes_host_metrics() {
     let h = Harness::start().await;
@@ -194,6 +194,18 @@ async fn host_health_publishes_host_metrics() {
         status = beats(&mut heartbeats, &id, 1).await.remove(0).status;
     }
     assert_eq!(status.as_deref(), Some("ok"));
+
+    // SIGHUP (the supervisor's reload for agents that do not answer) is a
+    // reload for an SDK agent, not the default death.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let pong = h.control(&id, json!({"action": "ping"})).await;
+    assert!(pong.ok);
+    assert!(alive(pid), "SIGHUP killed the agent");
+    assert_eq!(h.agent(&id).await.pid, Some(pid));
 
     stop_gracefully(&h, &id, pid).await;
     h.finish().await;
