@@ -85,6 +85,8 @@ impl Proc {
                 "OPMAS_HEARTBEAT_SUBJECT".to_string(),
                 format!("{}.{agent_id}", config.heartbeat_prefix),
             ),
+            // The agent's own configuration as JSON (the SDK reads it).
+            ("OPMAS_AGENT_CONFIG".to_string(), spec.config.to_string()),
         ]);
         let mut child = crate::spawn::spawn(Launch {
             agent_id,
