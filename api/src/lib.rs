@@ -83,6 +83,7 @@ struct Inner {
     limiter: DefaultKeyedRateLimiter<String>,
     metrics: metrics::Metrics,
     live: tokio::sync::OnceCell<tokio::sync::broadcast::Sender<Arc<live::Outgoing>>>,
+    tokens: auth::tokens::TokenCache,
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -104,6 +105,7 @@ impl AppState {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             metrics: metrics::Metrics::new(),
             live: tokio::sync::OnceCell::new(),
+            tokens: auth::tokens::TokenCache::default(),
             config,
         }))
     }
@@ -126,6 +128,11 @@ impl AppState {
 
     pub fn jwt(&self) -> &JwtVerifier {
         &self.0.config.jwt
+    }
+
+    /// Recently verified API tokens.
+    pub fn token_cache(&self) -> &auth::tokens::TokenCache {
+        &self.0.tokens
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {

@@ -400,3 +400,74 @@ async fn database_outage_is_a_quick_503_with_retry_after() {
     );
     cancel.cancel();
 }
+
+/// Verified API tokens are cached for `tokens::CACHE_TTL`: a revocation
+/// made elsewhere (another API process, straight in the database) takes
+/// effect once that time has passed, and one through this API at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_api_tokens_honour_revocations() {
+    let stack = ApiStack::start().await;
+    let http = Client::new();
+    let get = |token: String| {
+        let http = http.clone();
+        let url = stack.url("/api/v1/agents");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let elsewhere = stack.token(Role::Viewer).await;
+    assert_eq!(get(elsewhere.clone()).await, StatusCode::OK);
+    sqlx::query("update api_tokens set revoked_at = now() where name = 'test-viewer'")
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let refused = opmas_testkit::eventually(Duration::from_secs(15), || {
+        let get = get.clone();
+        let token = elsewhere.clone();
+        async move { get(token).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    assert!(refused, "a token revoked in the database stays accepted");
+    assert!(
+        started.elapsed() >= opmas_api::auth::tokens::CACHE_TTL / 2,
+        "the first answers after the revocation came from the cache"
+    );
+
+    // Through this API: refused on the very next request.
+    let here = stack.token(Role::Operator).await;
+    assert_eq!(get(here.clone()).await, StatusCode::OK);
+    let list: Value = http
+        .get(stack.url("/api/v1/tokens"))
+        .bearer_auth(&stack.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "test-operator")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = http
+        .delete(stack.url(&format!("/api/v1/tokens/{id}")))
+        .bearer_auth(&stack.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(get(here).await, StatusCode::UNAUTHORIZED);
+    stack.cleanup().await;
+}

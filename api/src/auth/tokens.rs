@@ -7,6 +7,7 @@ use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -104,15 +105,66 @@ type TokenCheck = (
     Option<DateTime<Utc>>,
 );
 
-/// Checks a presented token. `last_used_at` is updated at most once a minute.
+/// How long a verified API token is trusted without asking the database
+/// again. A revocation through this API process takes effect at once; one
+/// through another API process within this time.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Entries kept before the cache is emptied (unknown tokens are never cached).
+const CACHE_MAX: usize = 10_000;
+
+/// Recently verified API tokens by hash (see [`CACHE_TTL`]).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, TokenCheck)>>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<TokenCheck> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn put(&self, hash: String, row: TokenCheck) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (std::time::Instant::now(), row));
+    }
+
+    /// Forgets token `id` (after a revocation).
+    pub fn forget(&self, id: Uuid) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (_, row)| row.0 != id);
+    }
+}
+
+/// Checks a presented token. `last_used_at` is updated at most once a
+/// minute; a token verified in the last [`CACHE_TTL`] is not looked up again.
 pub async fn verify(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let hashed = hash(token);
+    let row = match state.token_cache().get(&hashed) {
+        Some(row) => row,
+        None => {
+            let row = lookup(state, &hashed).await?;
+            state.token_cache().put(hashed, row.clone());
+            row
+        }
+    };
+    check(row)
+}
+
+async fn lookup(state: &AppState, hashed: &str) -> Result<TokenCheck, ApiError> {
     let row: Option<TokenCheck> =
         sqlx::query_as(
             "update api_tokens set last_used_at = now() \
              where hash = $1 and (last_used_at is null or last_used_at < now() - interval '1 minute') \
              returning id, name, role, expires_at, revoked_at",
         )
-        .bind(hash(token))
+        .bind(hashed)
         .fetch_optional(state.pool())
         .await?;
     let row = match row {
@@ -121,13 +173,16 @@ pub async fn verify(state: &AppState, token: &str) -> Result<Principal, ApiError
             sqlx::query_as(
                 "select id, name, role, expires_at, revoked_at from api_tokens where hash = $1",
             )
-            .bind(hash(token))
+            .bind(hashed)
             .fetch_optional(state.pool())
             .await?
         }
     };
-    let (id, name, role, expires_at, revoked_at) =
-        row.ok_or_else(|| ApiError::unauthorized("unknown API token"))?;
+    row.ok_or_else(|| ApiError::unauthorized("unknown API token"))
+}
+
+fn check(row: TokenCheck) -> Result<Principal, ApiError> {
+    let (id, name, role, expires_at, revoked_at) = row;
     if revoked_at.is_some() {
         return Err(ApiError::unauthorized(format!(
             "API token `{name}` has been revoked"

@@ -256,42 +256,39 @@ pub async fn list(
             (*key, desc)
         }
     };
-    let mut q = filtered(&format!("select {STATUS_COLUMNS}"), &p);
+    // One statement: the page and the number of matches (window count).
+    let mut q = filtered(
+        &format!("select {STATUS_COLUMNS}, count(*) over () as total"),
+        &p,
+    );
     q.push(format_args!(
         " order by {key} {} nulls last, agent_id limit ",
         if desc { "desc" } else { "asc" }
     ));
     q.push_bind(limit).push(" offset ").push_bind(offset);
-    let rows: Vec<StatusRow> = q.build_query_as().fetch_all(state.pool()).await?;
-    let total: i64 = filtered("select count(*)", &p)
-        .build_query_scalar()
-        .fetch_one(state.pool())
-        .await?;
-    let mut items: Vec<AgentView> = rows.into_iter().map(AgentView::from).collect();
-    merge_heartbeats(&state, &mut items).await;
+    let rows = q.build().fetch_all(state.pool()).await?;
+    use sqlx::{FromRow, Row};
+    let total: i64 = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        // Past the last page (or nothing matches): count separately.
+        None if offset > 0 => {
+            filtered("select count(*)", &p)
+                .build_query_scalar()
+                .fetch_one(state.pool())
+                .await?
+        }
+        None => 0,
+    };
+    let items = rows
+        .iter()
+        .map(|r| StatusRow::from_row(r).map(AgentView::from))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(super::ok(AgentPage {
         items,
         total,
         limit,
         offset,
     }))
-}
-
-/// Adds live heartbeats (a separate, non-event-sourced read model) when present.
-async fn merge_heartbeats(state: &AppState, items: &mut [AgentView]) {
-    let ids: Vec<String> = items.iter().map(|a| a.agent_id.clone()).collect();
-    let rows: Result<Vec<(String, DateTime<Utc>)>, _> =
-        sqlx::query_as("select agent_id, last_seen from agent_heartbeats where agent_id = any($1)")
-            .bind(&ids)
-            .fetch_all(state.pool())
-            .await;
-    let Ok(rows) = rows else { return };
-    let seen: std::collections::HashMap<String, DateTime<Utc>> = rows.into_iter().collect();
-    for item in items {
-        if let Some(t) = seen.get(&item.agent_id) {
-            item.last_heartbeat_at = Some(item.last_heartbeat_at.map_or(*t, |l| l.max(*t)));
-        }
-    }
 }
 
 pub(crate) async fn read_view(state: &AppState, agent_id: &str) -> ApiResult<(AgentView, Value)> {
@@ -306,10 +303,7 @@ pub(crate) async fn read_view(state: &AppState, agent_id: &str) -> ApiResult<(Ag
     use sqlx::{FromRow, Row};
     let view: StatusRow = StatusRow::from_row(&row)?;
     let agent_state: Value = row.try_get("state")?;
-    let mut views = [AgentView::from(view)];
-    merge_heartbeats(state, &mut views).await;
-    let [view] = views;
-    Ok((view, agent_state))
+    Ok((AgentView::from(view), agent_state))
 }
 
 fn spec_of(agent_state: &Value) -> Option<AgentSpec> {

@@ -87,6 +87,7 @@ pub async fn revoke(
     let revoked = tokens::revoke(state.pool(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("TOKEN_NOT_FOUND", format!("no API token {id}")))?;
+    state.token_cache().forget(id);
     tracing::info!(token = %id, by = %principal.actor(), "API token revoked");
     Ok(super::ok(revoked))
 }

