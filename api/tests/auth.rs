@@ -428,7 +428,6 @@ async fn cached_api_tokens_honour_revocations() {
         .unwrap();
     let started = Instant::now();
     let refused = opmas_testkit::eventually(Duration::from_secs(15), || {
-        let get = get;
         let token = elsewhere.clone();
         async move { get(token).await == StatusCode::UNAUTHORIZED }
     })
