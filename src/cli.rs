@@ -345,6 +345,14 @@ pub struct SupervisorArgs {
     /// Log lines per second one agent may publish (drops are counted).
     #[arg(long, env = "OPMAS_LOG_RATE", default_value_t = 1000)]
     pub log_rate: u32,
+    /// Agents in cgroups of their own: `auto` (when a writable cgroup v2
+    /// hierarchy with the memory and pids controllers exists), `on`
+    /// (whenever the hierarchy is writable; fail otherwise) or `off`.
+    #[arg(long, env = "OPMAS_CGROUPS", default_value = "auto")]
+    pub cgroups: opmas_supervisor::cgroup::CgroupMode,
+    /// Root of the agents' cgroups (default: `<own cgroup>/agents`).
+    #[arg(long, env = "OPMAS_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// Given to agents as MANAGEMENT_API_URL.
     #[arg(
         long,

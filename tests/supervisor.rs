@@ -1076,3 +1076,84 @@ async fn failed_agent_retries_after_cooldown() {
     h.command("phoenix", AgentCommand::Stop).await;
     h.finish().await;
 }
+
+/// The cgroup v2 mount point of this host, from /proc/self/mountinfo.
+fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+                .flatten()
+        })
+        .expect("this test needs a cgroup v2 hierarchy (mounted on every systemd host)")
+}
+
+/// With `--cgroups on`, an agent's descendants that leave its process
+/// group (here with setsid) are still inside its cgroup, and die when it
+/// is stopped: the process-group kill alone would miss them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn descendants_that_leave_the_group_die_with_the_agent_cgroup() {
+    let h = Harness::without_supervisor().await;
+    let root = cgroup2_mount().join(format!("opmas-test-{}", tag()));
+    let mut config = h.config();
+    config.cgroups = opmas_supervisor::cgroup::CgroupMode::On;
+    config.cgroup_root = Some(root.clone());
+    let supervisor = Supervisor::new(h.store.clone(), h.client.clone(), config).unwrap();
+    tokio::spawn(supervisor.run(h.cancel.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("escaped");
+    h.register(
+        "esc",
+        sh(&format!(
+            "setsid sleep 1000 & echo $! > {}; sleep 1000",
+            marker.display()
+        )),
+    )
+    .await;
+    h.command("esc", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("esc", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let pid = agent.pid.unwrap();
+    let marker2 = marker.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m = marker2.clone();
+            async move {
+                std::fs::read_to_string(&m).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+            }
+        })
+        .await
+    );
+    let escaped: u32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(escaped));
+    assert!(
+        !group_members(pid).contains(&escaped),
+        "the descendant left the agent's process group"
+    );
+    let procs = std::fs::read_to_string(root.join("esc/cgroup.procs")).unwrap();
+    let members: Vec<u32> = procs.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        members.contains(&pid) && members.contains(&escaped),
+        "agent {pid} and descendant {escaped} in its cgroup: {members:?}"
+    );
+
+    h.command("esc", AgentCommand::Stop).await;
+    h.wait_for("esc", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    let gone = eventually(Duration::from_secs(5), || async move { !alive(escaped) }).await;
+    if !gone {
+        kill(escaped, "-KILL");
+    }
+    assert!(gone, "descendant {escaped} outlived the agent");
+    h.finish().await;
+    let _ = std::fs::remove_dir(root.join("esc"));
+    std::fs::remove_dir(&root).unwrap();
+}

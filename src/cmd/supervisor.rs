@@ -37,6 +37,8 @@ pub fn config(global: &Global, args: &SupervisorArgs, default_logs: &Path) -> Co
     config.logs.max_files = args.log_max_files;
     config.logs.rate_per_sec = args.log_rate;
     config.logs.burst = args.log_rate.saturating_mul(5);
+    config.cgroups = args.cgroups;
+    config.cgroup_root = args.cgroup_root.clone();
     config.management_api_url = args.management_api_url.clone();
     config
 }

@@ -39,6 +39,10 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// Control requests go to `<prefix>.<agent_id>`.
     pub control_prefix: String,
+    /// When agents get a cgroup v2 group of their own (see [`crate::cgroup`]).
+    pub cgroups: crate::cgroup::CgroupMode,
+    /// Root of the agents' groups (default: `<own group>/agents`).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Config {
@@ -59,6 +63,8 @@ impl Config {
             heartbeat_prefix: "opmas.heartbeat".into(),
             metrics: MetricsSettings::default(),
             control_prefix: "opmas.control".into(),
+            cgroups: crate::cgroup::CgroupMode::Auto,
+            cgroup_root: None,
         }
     }
 

@@ -21,6 +21,7 @@
 //! - [`identity`]: boot id + pid + start time from `/proc`.
 //! - [`config`]: the supervisor's [`Config`].
 
+pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod heartbeat;

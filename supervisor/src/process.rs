@@ -46,7 +46,12 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// Spawns the agent's process (see [`crate::spawn`]).
-    pub fn spawn(agent_id: &str, spec: &AgentSpec, config: &Config) -> Result<Self, SpawnError> {
+    pub fn spawn(
+        agent_id: &str,
+        spec: &AgentSpec,
+        config: &Config,
+        cgroups: Option<&crate::cgroup::Cgroups>,
+    ) -> Result<Self, SpawnError> {
         let dir = config.log_dir.join(agent_id);
         let open = |name: &str| {
             std::fs::create_dir_all(&dir)?;
@@ -88,12 +93,22 @@ impl Proc {
             // The agent's own configuration as JSON (the SDK reads it).
             ("OPMAS_AGENT_CONFIG".to_string(), spec.config.to_string()),
         ]);
+        let cgroup = cgroups
+            .map(|c| {
+                c.prepare(agent_id, spec)
+                    .map_err(|source| SpawnError::Cgroup {
+                        path: c.path(agent_id).display().to_string(),
+                        source,
+                    })
+            })
+            .transpose()?;
         let mut child = crate::spawn::spawn(Launch {
             agent_id,
             spec,
             opmas_env,
             stdout,
             stderr,
+            cgroup,
         })?;
         let pid = child.id().unwrap_or_default();
         let identity = identity::identify(pid).unwrap_or(ProcessIdentity {

@@ -39,6 +39,8 @@ impl Supervisor {
         config: Config,
     ) -> Result<Self, Error> {
         let boot_id = identity::boot_id().map_err(|e| Error::Host(format!("boot id: {e}")))?;
+        let cgroups = crate::cgroup::Cgroups::detect(config.cgroups, config.cgroup_root.as_deref())
+            .map_err(Error::Host)?;
         let logs = LogHub::new(
             &config.log_dir,
             &config.node,
@@ -72,6 +74,7 @@ impl Supervisor {
                 heartbeats,
                 metrics,
                 client: client.clone(),
+                cgroups,
             }),
             client,
             workers: HashMap::new(),

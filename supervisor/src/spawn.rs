@@ -34,6 +34,13 @@ pub enum SpawnError {
     /// The user or group to run as does not exist on this node.
     #[error("{kind} `{name}` does not exist on this node")]
     NoSuchAccount { kind: &'static str, name: String },
+    /// The agent's cgroup could not be prepared.
+    #[error("cannot prepare the agent's cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// exec failed.
     #[error("cannot start `{program}`: {source}")]
     Exec {
@@ -55,6 +62,8 @@ pub struct Launch<'a> {
     pub stdout: File,
     /// Where stderr goes (opened for append).
     pub stderr: File,
+    /// The agent's `cgroup.procs`, opened: the child joins before `exec`.
+    pub cgroup: Option<std::os::fd::OwnedFd>,
 }
 
 /// Limits applied in the child, as plain numbers.
@@ -111,10 +120,18 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
         cpu: spec.limits.cpu_seconds,
         nproc: spec.limits.processes,
     };
-    // SAFETY: the closure only calls setsid(2) and setrlimit(2) with values
-    // copied in before the fork; both are async-signal-safe.
+    let cgroup = launch.cgroup;
+    // SAFETY: the closure only calls write(2) on a descriptor opened before
+    // the fork, setsid(2) and setrlimit(2) with values copied in before the
+    // fork; all are async-signal-safe, nothing allocates or locks.
     unsafe {
-        cmd.pre_exec(move || child_setup(limits));
+        cmd.pre_exec(move || {
+            if let Some(fd) = &cgroup {
+                // "0": the writing process itself joins the group.
+                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+            }
+            child_setup(limits)
+        });
     }
     cmd.spawn().map_err(|source| SpawnError::Exec {
         program: program.display().to_string(),

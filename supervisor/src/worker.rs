@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub heartbeats: Monitor,
     pub metrics: Sampler,
     pub client: async_nats::Client,
+    /// The agents' cgroups, when used on this node.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 pub(crate) struct Worker {
@@ -247,7 +249,12 @@ impl Worker {
     /// retry with growing delays and keeps the error for the caller.
     fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
         let sizes = self.shared.logs.sizes(&self.id);
-        match Proc::spawn(&self.id, spec, &self.shared.config) {
+        match Proc::spawn(
+            &self.id,
+            spec,
+            &self.shared.config,
+            self.shared.cgroups.as_ref(),
+        ) {
             Ok(proc) => {
                 self.spawn_failures = 0;
                 info!(agent_id = %self.id, pid = proc.identity.pid, "started");
@@ -400,8 +407,12 @@ impl Worker {
         self.shared.heartbeats.unwatch(&self.id);
         self.shared.metrics.unwatch(&self.id);
         let pid = proc.identity.pid;
-        // Nothing of the agent may outlive it: kill what is left of its group.
+        // Nothing of the agent may outlive it: kill what is left of its
+        // process group, and of its cgroup (descendants that left the group).
         let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(cgroups) = &self.shared.cgroups {
+            cgroups.kill(&self.id);
+        }
         info!(agent_id = %self.id, pid, code = ?exit.code, signal = ?exit.signal, "exited");
         let fact = exit_fact(pid, exit);
         // Fast path: when the agent as last seen restarts at once on this
