@@ -826,7 +826,8 @@ async fn lost_heartbeat_triggers_restart_recovery() {
 async fn metrics_samples_are_published() {
     use futures::StreamExt;
     let h = Harness::new().await;
-    h.register("sampled", sh("exec sleep 1000")).await;
+    h.register("sampled", beating("exec sleep 1000", 60_000, false))
+        .await;
     h.command("sampled", AgentCommand::Start).await;
     let agent = h
         .wait_for("sampled", "running", |a| a.status == ProcessStatus::Running)
@@ -853,6 +854,25 @@ async fn metrics_samples_are_published() {
     assert_eq!(sample.pid, agent.pid.unwrap());
     assert!(sample.rss_bytes > 100_000, "{sample:?}");
     assert!(sample.threads >= 1 && sample.open_fds >= 3, "{sample:?}");
+    // Once the agent beats, samples carry its last heartbeat (the live
+    // heartbeat read model is fed from them).
+    let beat = heartbeats(&h, "sampled");
+    let carried = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = messages.next().await {
+            let s: opmas_domain::telemetry::MetricSample =
+                serde_json::from_slice(&message.payload).unwrap();
+            if let Some(at) = s.last_heartbeat_at {
+                return Some(at);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    beat.cancel();
+    let at = carried.expect("no sample carried a heartbeat within 10 s");
+    assert!((chrono::Utc::now() - at).num_seconds() < 10, "{at}");
     h.command("sampled", AgentCommand::Stop).await;
     h.finish().await;
 }

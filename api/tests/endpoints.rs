@@ -628,6 +628,7 @@ async fn errors_metrics_logs_and_nodes() {
         rss_bytes: 1_000_000,
         threads: 3,
         open_fds: 7,
+        last_heartbeat_at: Some(now),
     };
     let js = async_nats::jetstream::new(t.stack.client.clone());
     js.publish(
@@ -664,6 +665,22 @@ async fn errors_metrics_logs_and_nodes() {
     })
     .await;
     assert!(ok, "metric sample never visible");
+    // The heartbeat the supervisor saw, carried by the sample, is the
+    // agent's last heartbeat in the list, the agent and its status.
+    for path in ["/api/v1/agents/obs", "/api/v1/agents/obs/status"] {
+        let (_, v) = t.admin(Method::GET, path, None).await;
+        let seen: chrono::DateTime<chrono::Utc> = v["last_heartbeat_at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: no last_heartbeat_at in {v}"))
+            .parse()
+            .unwrap();
+        assert!(
+            (seen - now).num_milliseconds().abs() < 1,
+            "{path}: {seen} vs {now}"
+        );
+    }
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents?q=obs", None).await;
+    assert!(v["items"][0]["last_heartbeat_at"].is_string(), "{v}");
     let (_, v) = t
         .admin(
             Method::GET,

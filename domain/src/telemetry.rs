@@ -31,6 +31,9 @@ pub struct MetricSample {
     pub threads: u64,
     /// Open file descriptors of the main process.
     pub open_fds: u64,
+    /// The last heartbeat the supervisor received from the agent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
 }
 
 /// Severity of a log line, parsed from JSON lines or common prefixes.

@@ -19,7 +19,14 @@ with s as (select * from json_populate_recordset(null::agent_metric_samples, $1:
 ins as (
   insert into agent_metric_samples (agent_id, at, node, pid, cpu_percent, rss_bytes, threads, open_fds)
   select agent_id, at, node, pid, cpu_percent, rss_bytes, threads, open_fds from s
-  on conflict do nothing)
+  on conflict do nothing),
+hb as (
+  insert into agent_heartbeats (agent_id, last_seen)
+  select agent_id, max(last_heartbeat_at)
+  from json_to_recordset($1::json) as x(agent_id text, last_heartbeat_at timestamptz)
+  where last_heartbeat_at is not null
+  group by agent_id
+  on conflict (agent_id) do update set last_seen = greatest(agent_heartbeats.last_seen, excluded.last_seen))
 insert into agent_metric_dirty (bucket)
 select distinct date_trunc('minute', at, 'UTC') from s
 on conflict do nothing";

@@ -28,6 +28,7 @@ fn sample(agent: &str, t: DateTime<Utc>, cpu: f64, rss: u64) -> MetricSample {
         rss_bytes: rss,
         threads: 4,
         open_fds: 10 + rss % 3,
+        last_heartbeat_at: None,
     }
 }
 

@@ -46,7 +46,11 @@ struct Entry {
 #[derive(Clone)]
 pub struct Monitor {
     tx: mpsc::UnboundedSender<Request>,
+    last_seen: LastSeen,
 }
+
+/// When each watched agent's last heartbeat arrived.
+pub type LastSeen = std::sync::Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>;
 
 impl Monitor {
     /// Starts the monitor; transitions go to `out` as `(agent_id, transition)`.
@@ -57,8 +61,14 @@ impl Monitor {
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, prefix, rx, out, cancel));
-        Self { tx }
+        let last_seen = LastSeen::default();
+        tokio::spawn(run(client, prefix, rx, out, cancel, last_seen.clone()));
+        Self { tx, last_seen }
+    }
+
+    /// The shared table of last heartbeats (read by the sampler).
+    pub fn last_seen(&self) -> LastSeen {
+        self.last_seen.clone()
     }
 
     /// Watches `agent` from now: its first heartbeat is due within `grace`
@@ -83,6 +93,7 @@ async fn run(
     mut requests: mpsc::UnboundedReceiver<Request>,
     out: mpsc::UnboundedSender<(String, Transition)>,
     cancel: CancellationToken,
+    last_seen: LastSeen,
 ) {
     let mut subscription = match client.subscribe(format!("{prefix}.*")).await {
         Ok(s) => s,
@@ -106,6 +117,9 @@ async fn run(
                     entries.insert(agent, Entry { key: Some(key), timeout, lost: false, last_seen: None });
                 }
                 Some(Request::Unwatch(agent)) => {
+                    if let Ok(mut seen) = last_seen.lock() {
+                        seen.remove(&agent);
+                    }
                     if let Some(key) = entries.remove(&agent).and_then(|e| e.key) {
                         queue.remove(&key);
                     }
@@ -115,7 +129,11 @@ async fn run(
                 let Some(message) = message else { return };
                 let Some(agent) = message.subject.as_str().rsplit('.').next() else { continue };
                 let Some(entry) = entries.get_mut(agent) else { continue };
-                entry.last_seen = Some(Utc::now());
+                let now = Utc::now();
+                entry.last_seen = Some(now);
+                if let Ok(mut seen) = last_seen.lock() {
+                    seen.insert(agent.to_string(), now);
+                }
                 match entry.key {
                     Some(key) => queue.reset(&key, entry.timeout),
                     None => entry.key = Some(queue.insert(agent.to_string(), entry.timeout)),

@@ -71,6 +71,7 @@ impl Sampler {
         telemetry: TelemetrySettings,
         out: mpsc::UnboundedSender<(String, Breach)>,
         cancel: CancellationToken,
+        heartbeats: crate::heartbeat::LastSeen,
     ) -> Self {
         let sampler = Self::default();
         let registry = sampler.registry.clone();
@@ -88,7 +89,12 @@ impl Sampler {
                     () = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let samples = sample(&mut sys, &registry, &node, &settings, &out);
+                let mut samples = sample(&mut sys, &registry, &node, &settings, &out);
+                if let Ok(seen) = heartbeats.lock() {
+                    for s in &mut samples {
+                        s.last_heartbeat_at = seen.get(&s.agent_id).copied();
+                    }
+                }
                 for s in samples {
                     if let Ok(body) = serde_json::to_vec(&s) {
                         let subject = telemetry.metrics_subject(&s.agent_id);
@@ -174,6 +180,7 @@ fn sample(
             rss_bytes: rss,
             threads: threads(w.pid),
             open_fds: open_fds(w.pid),
+            last_heartbeat_at: None,
         };
         let checks = [
             (

@@ -64,6 +64,7 @@ impl Supervisor {
             config.telemetry.clone(),
             out,
             monitor_cancel.clone(),
+            heartbeats.last_seen(),
         );
         Ok(Self {
             shared: Arc::new(Shared {

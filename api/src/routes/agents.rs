@@ -73,9 +73,15 @@ struct StatusRow {
     updated_at: DateTime<Utc>,
 }
 
-const STATUS_COLUMNS: &str = "agent_id, agent_type, package_version, desired_state, status, health, \
-    recovery_status, recovery_attempts, node, pid, started_at, restart_count, heartbeat_lost, \
-    last_heartbeat_at, last_error, spec_version, config_version, deregistered, last_sequence, updated_at";
+const STATUS_COLUMNS: &str = "s.agent_id, s.agent_type, s.package_version, s.desired_state, s.status, s.health, \
+    s.recovery_status, s.recovery_attempts, s.node, s.pid, s.started_at, s.restart_count, s.heartbeat_lost, \
+    greatest(s.last_heartbeat_at, h.last_seen) as last_heartbeat_at, s.last_error, s.spec_version, \
+    s.config_version, s.deregistered, s.last_sequence, s.updated_at";
+
+/// The status rows with the live heartbeats (a separate read model, fed by
+/// the supervisors' metric samples) joined in.
+const STATUS_FROM: &str =
+    " from agent_status s left join agent_heartbeats h on h.agent_id = s.agent_id";
 
 fn uptime(status: &str, started_at: Option<DateTime<Utc>>) -> Option<i64> {
     (status == "running")
@@ -202,24 +208,24 @@ const SORT_KEYS: &[&str] = &[
 
 fn filtered<'a>(select: &str, p: &'a ListParams) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(select);
-    q.push(" from agent_status where registered");
+    q.push(STATUS_FROM).push(" where s.registered");
     if !p.include_deregistered.unwrap_or(false) {
-        q.push(" and not deregistered");
+        q.push(" and not s.deregistered");
     }
     if let Some(v) = &p.status {
-        q.push(" and status = ").push_bind(v);
+        q.push(" and s.status = ").push_bind(v);
     }
     if let Some(v) = &p.health {
-        q.push(" and health = ").push_bind(v);
+        q.push(" and s.health = ").push_bind(v);
     }
     if let Some(v) = &p.agent_type {
-        q.push(" and agent_type = ").push_bind(v);
+        q.push(" and s.agent_type = ").push_bind(v);
     }
     if let Some(v) = &p.node {
-        q.push(" and node = ").push_bind(v);
+        q.push(" and s.node = ").push_bind(v);
     }
     if let Some(v) = p.q.as_deref().filter(|v| !v.is_empty()) {
-        q.push(" and strpos(lower(agent_id), lower(")
+        q.push(" and strpos(lower(s.agent_id), lower(")
             .push_bind(v)
             .push(")) > 0");
     }
@@ -262,7 +268,7 @@ pub async fn list(
         &p,
     );
     q.push(format_args!(
-        " order by {key} {} nulls last, agent_id limit ",
+        " order by s.{key} {} nulls last, s.agent_id limit ",
         if desc { "desc" } else { "asc" }
     ));
     q.push_bind(limit).push(" offset ").push_bind(offset);
@@ -292,7 +298,7 @@ pub async fn list(
 }
 
 pub(crate) async fn read_view(state: &AppState, agent_id: &str) -> ApiResult<(AgentView, Value)> {
-    let sql = format!("select {STATUS_COLUMNS}, state from agent_status where agent_id = $1");
+    let sql = format!("select {STATUS_COLUMNS}, s.state{STATUS_FROM} where s.agent_id = $1");
     let row = sqlx::query(&sql)
         .bind(agent_id)
         .fetch_optional(state.pool())
@@ -371,7 +377,7 @@ pub async fn status(
     Authorized(_principal): Authorized<{ VIEWER }>,
     AgentPath(id): AgentPath,
 ) -> ApiResult<Response> {
-    let sql = format!("select {STATUS_COLUMNS} from agent_status where agent_id = $1");
+    let sql = format!("select {STATUS_COLUMNS}{STATUS_FROM} where s.agent_id = $1");
     let row: Option<StatusRow> = sqlx::query_as(&sql)
         .bind(&id)
         .fetch_optional(state.pool())

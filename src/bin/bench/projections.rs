@@ -206,6 +206,7 @@ async fn ingestion(
             rss_bytes: 10_000_000 + i as u64,
             threads: 4,
             open_fds: 12,
+            last_heartbeat_at: None,
         };
         client
             .publish(
