@@ -523,11 +523,18 @@ async fn config_versions_if_match_and_rollback() {
         (s, code(&v)),
         (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED")
     );
-    let seq = {
+    // The read model may not have the agent yet right after the commands.
+    let mut seq = None;
+    for _ in 0..100 {
         let (_, v) = t.admin(Method::GET, "/api/v1/agents/cfg", None).await;
-        v["sequence"].as_i64().unwrap()
-    };
-    t.projected("cfg", seq).await;
+        seq = v["sequence"].as_i64();
+        if seq.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.projected("cfg", seq.expect("agent never in the read model"))
+        .await;
     let ok = eventually(Duration::from_secs(10), || async {
         let (_, v) = t
             .admin(Method::GET, "/api/v1/agents/cfg/config/versions", None)
