@@ -122,11 +122,15 @@ impl Agent {
             return Err(AgentError::AlreadyRegistered);
         }
         spec.validate()?;
+        not_self_required(&agent_id, &spec)?;
         one(AgentEvent::AgentRegistered { agent_id, spec })
     }
 
     fn update_package(&self, current: &AgentSpec, mut spec: AgentSpec) -> Events {
         spec.validate()?;
+        if let Some(id) = &self.id {
+            not_self_required(id, &spec)?;
+        }
         spec.config = self.config().unwrap_or(&current.config).clone();
         if spec == *current {
             return none();
@@ -247,6 +251,17 @@ impl Agent {
         }
         one(AgentEvent::RecoveryCompleted { succeeded, error })
     }
+}
+
+/// An agent that requires itself could never start.
+fn not_self_required(agent_id: &AgentId, spec: &AgentSpec) -> Result<(), AgentError> {
+    if spec.requires.contains(agent_id.as_str()) {
+        return Err(AgentError::validation(
+            "requires",
+            format!("`{agent_id}` cannot require itself"),
+        ));
+    }
+    Ok(())
 }
 
 fn set_recovery_policy(policy: RecoveryPolicy) -> Events {

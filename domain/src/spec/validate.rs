@@ -1,6 +1,8 @@
 //! Value checks serde cannot express: [`AgentSpec::validate`] and the
 //! `validate` of each policy. Each check names the offending field.
 
+use crate::id::AgentId;
+
 use super::{
     AgentSpec, HealthCheck, HealthCheckSpec, HeartbeatSpec, MAX_CPU_PERCENT, MIN_MEMORY_BYTES,
     RecoveryPolicy, ResourceLimits, RestartPolicy, STOP_SIGNALS, SpecError,
@@ -44,7 +46,23 @@ impl AgentSpec {
         )?;
         check(self.config.is_object(), "config", || {
             "must be a JSON object".to_owned()
-        })
+        })?;
+        if let Some(schema) = &self.config_schema {
+            check(schema.is_object(), "config_schema", || {
+                "must be a JSON object (a JSON Schema)".to_owned()
+            })?;
+        }
+        for required in &self.requires {
+            AgentId::parse(required).map_err(|e| SpecError::new("requires", e.to_string()))?;
+        }
+        if let Some(dir) = &self.package_dir {
+            check(
+                dir.starts_with('/') && !dir.contains('\0'),
+                "package_dir",
+                || format!("must be an absolute path without NUL, got {dir:?}"),
+            )?;
+        }
+        Ok(())
     }
 
     fn validate_process(&self) -> Result<(), SpecError> {

@@ -52,6 +52,15 @@ fn register_is_refused_twice_after_deregistration_and_for_bad_specs() {
             .starts_with("invalid spec: `command`: command is a program"),
         "{err}"
     );
+    let mut own = spec();
+    own.requires.insert(agent_id().to_string());
+    let err = run(vec![], register(own.clone())).expect_err("requires itself");
+    assert_eq!(
+        err.to_string(),
+        format!("`requires`: `{}` cannot require itself", agent_id())
+    );
+    let err = run(registered(), AgentCommand::UpdatePackage { spec: own }).expect_err("update");
+    assert!(matches!(err, AgentError::Validation { field, .. } if field == "requires"));
 }
 
 /// One of every command but `Register`.
