@@ -1,0 +1,395 @@
+//! One scan: [`find`] reads the roots (blocking file IO, run off the
+//! runtime), [`apply`] compares with the event store and issues commands.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use opmas_domain::{Agent, AgentCommand, AgentSpec, EventMetadata, Severity};
+use opmas_store::{AgentStore, CommandError};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::{Config, Memo};
+use crate::error::{Error, Invalid};
+use crate::package::{Context, MANIFEST, Package};
+use crate::report::{AgentEntry, InvalidPackage, Removed, ScanReport, Unapplied, Updated};
+use crate::{order, spans};
+
+/// What the roots hold: valid packages and refused ones (by directory).
+pub(super) struct Found {
+    packages: Vec<Package>,
+    invalid: Vec<(PathBuf, Invalid)>,
+    /// Canonical roots that could be read.
+    roots: Vec<PathBuf>,
+}
+
+/// Reads every package under the roots, then refuses duplicate agent ids
+/// and `requires` cycles among them.
+pub(super) fn find(config: &Config) -> Found {
+    let vars = &config.vars;
+    let context = Context {
+        environment: &config.environment,
+        vars,
+    };
+    let mut found = Found {
+        packages: Vec::new(),
+        invalid: Vec::new(),
+        roots: Vec::new(),
+    };
+    for root in &config.roots {
+        let canonical = match root.canonicalize() {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("package root cannot be read: {e}");
+                found
+                    .invalid
+                    .push((root.clone(), Invalid::new(root, None, "", why)));
+                continue;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&canonical) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                let why = format!("package root cannot be read: {e}");
+                found
+                    .invalid
+                    .push((root.clone(), Invalid::new(root, None, "", why)));
+                continue;
+            }
+        };
+        dirs.sort();
+        for dir in dirs {
+            let hidden = dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            let is_package = dir.is_dir() && std::fs::symlink_metadata(dir.join(MANIFEST)).is_ok();
+            if hidden || !is_package {
+                continue;
+            }
+            match dir.canonicalize() {
+                Ok(real) if !real.starts_with(&canonical) => {
+                    let why = format!(
+                        "is a symlink to `{}`, outside the package root `{}`",
+                        real.display(),
+                        canonical.display()
+                    );
+                    found
+                        .invalid
+                        .push((dir.clone(), Invalid::new(&dir, None, "", why)));
+                }
+                _ => match Package::load(&dir, context) {
+                    Ok(package) => found.packages.push(package),
+                    Err(invalid) => found.invalid.push((dir, invalid)),
+                },
+            }
+        }
+        found.roots.push(canonical);
+    }
+    refuse_duplicates(&mut found);
+    refuse_cycles(&mut found);
+    found
+}
+
+/// A package defining an agent id an earlier package already defines is refused.
+fn refuse_duplicates(found: &mut Found) {
+    let mut owners: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for package in std::mem::take(&mut found.packages) {
+        let clash = package.agents.iter().find_map(|(id, _)| {
+            owners
+                .get(id.as_str())
+                .map(|owner| (id.clone(), owner.clone()))
+        });
+        match clash {
+            Some((id, owner)) => {
+                let why = format!(
+                    "agent id `{id}` is already defined by the package in `{}`",
+                    owner.display()
+                );
+                let invalid = at_field(&package.dir, "name", why);
+                found.invalid.push((package.dir.clone(), invalid));
+            }
+            None => {
+                for (id, _) in &package.agents {
+                    owners.insert(id.to_string(), package.dir.clone());
+                }
+                kept.push(package);
+            }
+        }
+    }
+    found.packages = kept;
+}
+
+/// Packages on a `requires` cycle are refused, with the cycle named.
+fn refuse_cycles(found: &mut Found) {
+    loop {
+        let graph: BTreeMap<String, BTreeSet<String>> = found
+            .packages
+            .iter()
+            .flat_map(|p| {
+                p.agents
+                    .iter()
+                    .map(|(id, spec)| (id.to_string(), spec.requires.clone()))
+            })
+            .collect();
+        let Err(cycle) = order::start_order(&graph) else {
+            return;
+        };
+        let on_cycle: BTreeSet<&String> = cycle.cycle.iter().collect();
+        let (refused, kept): (Vec<Package>, Vec<Package>) = std::mem::take(&mut found.packages)
+            .into_iter()
+            .partition(|p| {
+                p.agents
+                    .iter()
+                    .any(|(id, _)| on_cycle.contains(&id.to_string()))
+            });
+        found.packages = kept;
+        for package in refused {
+            let invalid = at_field(&package.dir, "requires", cycle.to_string());
+            found.invalid.push((package.dir, invalid));
+        }
+    }
+}
+
+/// An [`Invalid`] at `field` of the package's manifest, with its line.
+fn at_field(dir: &Path, field: &str, message: String) -> Invalid {
+    let file = dir.join(MANIFEST);
+    let line = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| spans::line_of_field(&text, field));
+    Invalid::new(file, line, field, message)
+}
+
+fn unavailable(e: CommandError) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// Compares what was found with the registered agents and acts.
+pub(super) async fn apply(
+    store: &AgentStore,
+    config: &Config,
+    memo: &mut Memo,
+    mut found: Found,
+) -> Result<ScanReport, Error> {
+    let mut existing: HashMap<String, Agent> = HashMap::new();
+    for id in store.agent_ids().await.map_err(unavailable)? {
+        let (agent, _) = store.load(&id).await.map_err(unavailable)?;
+        existing.insert(id, agent);
+    }
+    let scan_number = memo.scans;
+    let meta = |reason: String| {
+        let correlation = format!("discovery-scan-{scan_number}");
+        let mut m = EventMetadata::new(&config.actor, correlation, chrono::Utc::now()).to_map();
+        m.insert("reason".to_owned(), reason);
+        m
+    };
+    let mut report = ScanReport::default();
+    let mut defined: BTreeSet<String> = BTreeSet::new();
+    for package in std::mem::take(&mut found.packages) {
+        let mut commands = Vec::new();
+        let mut refusal = None;
+        for (id, spec) in &package.agents {
+            defined.insert(id.to_string());
+            match plan(&package, id.as_str(), spec, existing.get(id.as_str())) {
+                Ok(step) => commands.push((id.clone(), step)),
+                Err(message) => {
+                    refusal = Some(at_field(&package.dir, "name", message));
+                    break;
+                }
+            }
+        }
+        if let Some(invalid) = refusal {
+            found.invalid.push((package.dir.clone(), invalid));
+            continue;
+        }
+        let dir = package.dir.to_string_lossy().into_owned();
+        let entry = |id: &str| AgentEntry {
+            agent_id: id.to_owned(),
+            package: dir.clone(),
+            version: package.version.clone(),
+        };
+        memo.errors.remove(&package.dir);
+        for (id, step) in commands {
+            match step {
+                Step::Register(spec) => {
+                    let reason = format!("discovered package {dir} version {}", package.version);
+                    let command = AgentCommand::Register { agent_id: id.clone(), spec };
+                    match store.execute(id.as_str(), command, meta(reason)).await {
+                        Ok(_) => {}
+                        Err(CommandError::Rejected(e)) => {
+                            found.invalid.push((package.dir.clone(), at_field(&package.dir, "", e.to_string())));
+                            break;
+                        }
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                    info!(agent_id = %id, package = %dir, version = %package.version, "package registered");
+                    report.registered.push(entry(id.as_str()));
+                }
+                Step::Update { spec, from } => {
+                    let reason = format!("package {dir} version {from} -> {}", package.version);
+                    match store.execute(id.as_str(), AgentCommand::UpdatePackage { spec }, meta(reason)).await {
+                        Ok(_) => {}
+                        Err(CommandError::Rejected(e)) => {
+                            found.invalid.push((package.dir.clone(), at_field(&package.dir, "", e.to_string())));
+                            break;
+                        }
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                    info!(agent_id = %id, package = %dir, from = %from, to = %package.version, "package updated");
+                    report.updated.push(Updated {
+                        agent_id: id.to_string(),
+                        package: dir.clone(),
+                        from_version: from,
+                        to_version: package.version.clone(),
+                    });
+                }
+                Step::Unchanged => report.unchanged.push(entry(id.as_str())),
+                Step::Unapplied => report.unapplied.push(Unapplied {
+                    agent_id: id.to_string(),
+                    package: dir.clone(),
+                    version: package.version.clone(),
+                    message: format!(
+                        "agent.toml changed but `version` is still `{}`: bump it to apply the change",
+                        package.version
+                    ),
+                }),
+            }
+        }
+    }
+    report_invalid(store, &existing, memo, &found.invalid, &mut report, &meta).await;
+    report_removed(&existing, memo, &found, &defined, &mut report);
+    report.sort();
+    Ok(report)
+}
+
+/// What to do for one agent of a valid package.
+enum Step {
+    Register(AgentSpec),
+    Update { spec: AgentSpec, from: String },
+    Unchanged,
+    Unapplied,
+}
+
+/// The step for agent `id`, or why the package cannot own that id.
+fn plan(
+    package: &Package,
+    id: &str,
+    spec: &AgentSpec,
+    current: Option<&Agent>,
+) -> Result<Step, String> {
+    let Some(agent) = current.filter(|a| a.registered) else {
+        return Ok(Step::Register(spec.clone()));
+    };
+    if agent.deregistered {
+        return Err(format!(
+            "agent `{id}` was deregistered; ids are not reused: rename the package"
+        ));
+    }
+    let Some(registered) = &agent.spec else {
+        return Ok(Step::Register(spec.clone()));
+    };
+    let dir = package.dir.to_string_lossy();
+    if registered.package_dir.as_deref() != Some(&*dir) {
+        let owner = registered
+            .package_dir
+            .as_deref()
+            .unwrap_or("the API (no package)");
+        return Err(format!(
+            "agent `{id}` is already registered from {owner}: rename this package"
+        ));
+    }
+    if registered.package_version != spec.package_version {
+        return Ok(Step::Update {
+            spec: spec.clone(),
+            from: registered.package_version.clone(),
+        });
+    }
+    let mut same = spec.clone();
+    same.config = registered.config.clone();
+    Ok(if same == *registered {
+        Step::Unchanged
+    } else {
+        Step::Unapplied
+    })
+}
+
+/// Logs new errors, records them on agents registered from the package,
+/// and lists every invalid package in the report.
+async fn report_invalid(
+    store: &AgentStore,
+    existing: &HashMap<String, Agent>,
+    memo: &mut Memo,
+    invalid: &[(PathBuf, Invalid)],
+    report: &mut ScanReport,
+    meta: &impl Fn(String) -> HashMap<String, String>,
+) {
+    for (dir, why) in invalid {
+        report.invalid.push(InvalidPackage::new(dir, why));
+        let text = why.to_string();
+        if memo.errors.get(dir) == Some(&text) {
+            continue;
+        }
+        error!(package = %dir.display(), error = %text, "invalid package");
+        memo.errors.insert(dir.clone(), text.clone());
+        let dir_text = dir.to_string_lossy();
+        let owners = existing.iter().filter(|(_, a)| {
+            !a.deregistered
+                && a.spec.as_ref().and_then(|s| s.package_dir.as_deref()) == Some(&*dir_text)
+        });
+        for (id, _) in owners {
+            let command = AgentCommand::RecordError {
+                severity: Severity::Error,
+                category: "package".to_owned(),
+                error_type: "InvalidPackage".to_owned(),
+                message: text.clone(),
+                context: json!({"package": dir_text, "file": why.file, "line": why.line, "field": why.field}),
+            };
+            if let Err(e) = store
+                .execute(id, command, meta(format!("invalid package {dir_text}")))
+                .await
+            {
+                warn!(agent_id = %id, error = %e, "cannot record the package error");
+            }
+        }
+    }
+}
+
+/// Registered, live agents from under a root that no valid package defines
+/// any more (unless their package is there but invalid).
+fn report_removed(
+    existing: &HashMap<String, Agent>,
+    memo: &mut Memo,
+    found: &Found,
+    defined: &BTreeSet<String>,
+    report: &mut ScanReport,
+) {
+    let invalid_dirs: BTreeSet<String> = found
+        .invalid
+        .iter()
+        .filter_map(|(dir, _)| {
+            dir.canonicalize()
+                .ok()
+                .map(|d| d.to_string_lossy().into_owned())
+        })
+        .collect();
+    let mut still = BTreeSet::new();
+    for (id, agent) in existing {
+        let Some(dir) = agent.spec.as_ref().and_then(|s| s.package_dir.clone()) else {
+            continue;
+        };
+        let under_root = found.roots.iter().any(|r| Path::new(&dir).starts_with(r));
+        if agent.deregistered || !under_root || defined.contains(id) || invalid_dirs.contains(&dir)
+        {
+            continue;
+        }
+        if !memo.removed.contains(id) {
+            warn!(agent_id = %id, package = %dir, "package removed; the agent stays registered");
+        }
+        still.insert(id.clone());
+        report.removed.push(Removed {
+            agent_id: id.clone(),
+            package: dir,
+        });
+    }
+    memo.removed = still;
+}
