@@ -1,0 +1,124 @@
+//! `POST /api/v1/agents/discover` against a real API, Postgres and
+//! nats-server: it scans the package roots and reports; without roots it
+//! answers 409; only admins may call it; the document lists every answer.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use opmas_api::Role;
+use opmas_testkit::api::{ApiStack, StackOptions};
+use opmas_testkit::eventually;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+async fn discover(stack: &ApiStack, token: &str) -> (StatusCode, Value) {
+    let resp = Client::new()
+        .post(stack.url("/api/v1/agents/discover"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.json().await.unwrap())
+}
+
+fn write_package(root: &std::path::Path, name: &str, manifest: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(dir.join("agent.toml"), manifest).unwrap();
+    std::fs::write(dir.join("bin/run"), "#!/bin/sh\nsleep 1000\n").unwrap();
+    std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+const WEB: &str = "name = \"web\"\ntype = \"http\"\nversion = \"1.0.0\"\ncommand = \"./bin/run\"\n";
+
+#[tokio::test]
+async fn discover_scans_the_roots_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_package(tmp.path(), "web", WEB);
+    write_package(
+        tmp.path(),
+        "broken",
+        &WEB.replace("\"web\"", "\"broken\"").replace("1.0.0", ""),
+    );
+    let stack = ApiStack::start_with(StackOptions {
+        package_roots: vec![tmp.path().to_path_buf()],
+        ..StackOptions::default()
+    })
+    .await;
+
+    for role in [Role::Viewer, Role::Operator] {
+        let (status, body) = discover(&stack, &stack.token(role).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role}: {body}");
+    }
+    let (status, report) = discover(&stack, &stack.admin_token).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["registered"][0]["agent_id"], "web");
+    assert_eq!(report["registered"][0]["version"], "1.0.0");
+    assert_eq!(report["registered"].as_array().unwrap().len(), 1);
+    let invalid = &report["invalid"][0];
+    assert_eq!(invalid["field"], "version");
+    assert_eq!(invalid["line"], 3);
+    assert_eq!(invalid["message"], "must not be empty");
+    assert!(
+        invalid["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("broken/agent.toml")
+    );
+
+    // The agent is there for the rest of the API, with its package version.
+    let http = Client::new();
+    let seen = eventually(Duration::from_secs(10), || async {
+        let r = http
+            .get(stack.url("/api/v1/agents/web"))
+            .bearer_auth(&stack.admin_token)
+            .send()
+            .await
+            .unwrap();
+        r.status() == StatusCode::OK
+            && r.json::<Value>().await.unwrap()["spec"]["package_version"] == "1.0.0"
+    })
+    .await;
+    assert!(seen, "the discovered agent never showed in GET /agents/web");
+
+    let (status, again) = discover(&stack, &stack.admin_token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["unchanged"][0]["agent_id"], "web");
+    assert!(again["registered"].as_array().unwrap().is_empty());
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_roots_discover_is_a_conflict_and_the_document_says_so() {
+    let stack = ApiStack::start().await;
+    let (status, body) = discover(&stack, &stack.admin_token).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "DISCOVERY_NOT_CONFIGURED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--package-root")
+    );
+
+    let doc: Value = Client::new()
+        .get(stack.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = &doc["paths"]["/api/v1/agents/discover"]["post"];
+    assert_eq!(op["security"][0]["bearer"][0], "admin");
+    for code in ["200", "401", "403", "409", "429", "503"] {
+        assert!(
+            op["responses"][code].is_object(),
+            "{code} undocumented: {op}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ScanReport"].is_object());
+    assert!(doc["components"]["schemas"]["InvalidPackage"].is_object());
+    stack.cleanup().await;
+}
