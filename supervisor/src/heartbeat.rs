@@ -22,7 +22,8 @@ pub enum Transition {
         /// The last heartbeat, if any arrived.
         last_seen: Option<DateTime<Utc>>,
     },
-    /// Heartbeats arrive again after a loss.
+    /// The first heartbeat of a watched process, or heartbeats arrive
+    /// again after a loss (either way the agent is healthy).
     Resumed,
 }
 
@@ -115,12 +116,12 @@ async fn run(
                 let Some(message) = message else { return };
                 let Some(agent) = message.subject.as_str().rsplit('.').next() else { continue };
                 let Some(entry) = entries.get_mut(agent) else { continue };
-                entry.last_seen = Some(Utc::now());
+                let first = entry.last_seen.replace(Utc::now()).is_none();
                 match entry.key {
                     Some(key) => queue.reset(&key, entry.timeout),
                     None => entry.key = Some(queue.insert(agent.to_string(), entry.timeout)),
                 }
-                if std::mem::take(&mut entry.lost) {
+                if std::mem::take(&mut entry.lost) || first {
                     let _ = out.send((agent.to_string(), Transition::Resumed));
                 }
             }
