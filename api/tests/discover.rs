@@ -30,12 +30,20 @@ fn write_package(root: &std::path::Path, name: &str, manifest: &str) {
     std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+const SCHEMA: &str = "[config]\nschema = { type = \"object\", properties = { port = { type = \"integer\", default = 80 }, password = { type = \"string\", \"x-secret\" = true } } }\n";
+
 const WEB: &str = "name = \"web\"\ntype = \"http\"\nversion = \"1.0.0\"\ncommand = \"./bin/run\"\n";
 
 #[tokio::test]
 async fn discover_scans_the_roots_and_reports() {
     let tmp = tempfile::tempdir().unwrap();
-    write_package(tmp.path(), "web", WEB);
+    write_package(tmp.path(), "web", &format!("{WEB}{SCHEMA}"));
+    std::fs::create_dir_all(tmp.path().join("web/config")).unwrap();
+    std::fs::write(
+        tmp.path().join("web/config/base.toml"),
+        "password = \"hunter2\"\n",
+    )
+    .unwrap();
     write_package(
         tmp.path(),
         "broken",
@@ -76,11 +84,35 @@ async fn discover_scans_the_roots_and_reports() {
             .send()
             .await
             .unwrap();
-        r.status() == StatusCode::OK
-            && r.json::<Value>().await.unwrap()["spec"]["package_version"] == "1.0.0"
+        if r.status() != StatusCode::OK {
+            return false;
+        }
+        let spec = &r.json::<Value>().await.unwrap()["spec"];
+        spec["package_version"] == "1.0.0"
+            && spec["config"] == serde_json::json!({"port": 80, "password": "***"})
     })
     .await;
-    assert!(seen, "the discovered agent never showed in GET /agents/web");
+    assert!(
+        seen,
+        "the discovered agent never showed in GET /agents/web (secret redacted)"
+    );
+
+    // A config update the package's schema refuses names the path.
+    let r = http
+        .put(stack.url("/api/v1/agents/web/config"))
+        .bearer_auth(&stack.admin_token)
+        .header("If-Match", "\"1\"")
+        .json(&serde_json::json!({"config": {"port": "eighty"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["details"]["field"], "config.port", "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"],
+        "\"eighty\" is not of type \"integer\""
+    );
 
     let (status, again) = discover(&stack, &stack.admin_token).await;
     assert_eq!(status, StatusCode::OK);

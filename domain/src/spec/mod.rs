@@ -324,5 +324,7 @@ pub fn redact_secrets(schema: &Value, config: &mut Value) {
 
 mod validate;
 
+pub use validate::check_config;
+
 #[cfg(test)]
 mod tests;

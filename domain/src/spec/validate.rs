@@ -51,6 +51,7 @@ impl AgentSpec {
             check(schema.is_object(), "config_schema", || {
                 "must be a JSON object (a JSON Schema)".to_owned()
             })?;
+            check_config(schema, &self.config)?;
         }
         for required in &self.requires {
             AgentId::parse(required).map_err(|e| SpecError::new("requires", e.to_string()))?;
@@ -104,6 +105,25 @@ impl AgentSpec {
         }
         Ok(())
     }
+}
+
+/// Checks `config` against the JSON Schema `schema`: the first violation,
+/// named by its path (`config.db.port`), or a schema that does not compile
+/// (`config_schema`).
+pub fn check_config(
+    schema: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<(), SpecError> {
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| SpecError::new("config_schema", format!("is not a valid JSON Schema: {e}")))?;
+    let Some(error) = validator.iter_errors(config).next() else {
+        return Ok(());
+    };
+    let field = std::iter::once("config".to_owned())
+        .chain(error.instance_path().iter().map(|s| s.to_string()))
+        .collect::<Vec<_>>()
+        .join(".");
+    Err(SpecError::new(field, error.to_string()))
 }
 
 impl ResourceLimits {
