@@ -6,7 +6,9 @@
 //! agents already registered from them, and the report) and reports
 //! removed packages without deregistering anything. See `scan.rs`.
 
+mod find;
 mod scan;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -90,9 +92,14 @@ impl Discovery {
     /// `rescan_interval`, until `cancel`.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let (tx, mut changes) = mpsc::unbounded_channel();
+        let roots = watch::forms(&self.0.config.roots);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
+                // A failed event (queue overflow...) may hide anything: scan.
+                let wanted = event.map_or(true, |e| {
+                    !e.kind.is_access() && e.paths.iter().any(|p| watch::relevant(&roots, p))
+                });
+                if wanted {
                     let _ = tx.send(());
                 }
             })
@@ -147,7 +154,7 @@ impl Discovery {
         let mut memo = self.0.memo.lock().await;
         memo.scans += 1;
         let config = self.0.config.clone();
-        let found = tokio::task::spawn_blocking(move || scan::find(&config))
+        let found = tokio::task::spawn_blocking(move || find::find(&config))
             .await
             .map_err(|e| Error::Unavailable(format!("scan task: {e}")))?;
         scan::apply(&self.0.store, &self.0.config, &mut memo, found).await
