@@ -358,3 +358,48 @@ async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused(
     );
     db.cleanup().await;
 }
+
+/// A new package version whose schema the agent's current config (changed
+/// through the API since) does not satisfy is refused, naming the path; the
+/// agent keeps its spec.
+#[tokio::test]
+async fn a_new_version_the_current_config_does_not_satisfy_is_refused() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let schema = |max: u32| {
+        format!(
+            "[config]\nschema = {{ type = \"object\", properties = {{ port = {{ type = \"integer\", maximum = {max}, default = 1 }} }} }}\n"
+        )
+    };
+    let web = package(&root, "web", &format!("{BASE}{}", schema(65535)));
+    let discovery = Discovery::new(store.clone(), config(&root));
+    assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
+    let update = opmas_domain::AgentCommand::UpdateConfig {
+        expected_version: 1,
+        config: serde_json::json!({"port": 8080}),
+    };
+    store
+        .execute("web", update, opmas_testkit::meta("operator"))
+        .await
+        .unwrap();
+
+    write(
+        &web,
+        &[(
+            "agent.toml",
+            &format!("{}{}", BASE.replace("1.0.0", "2.0.0"), schema(1024)),
+        )],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    let invalid = &report.invalid[0];
+    assert_eq!(
+        (invalid.field.as_str(), invalid.message.as_str()),
+        ("config.port", "8080 is greater than the maximum of 1024")
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    assert_eq!(agent.spec.unwrap().package_version, "1.0.0");
+    db.cleanup().await;
+}

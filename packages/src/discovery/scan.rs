@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use opmas_domain::{Agent, AgentCommand, AgentSpec, EventMetadata, Severity};
+use opmas_domain::{Agent, AgentCommand, AgentError, AgentId, AgentSpec, EventMetadata, Severity};
 use opmas_store::{AgentStore, CommandError};
 use serde_json::json;
 use tracing::{error, info, warn};
@@ -57,57 +57,23 @@ pub(super) async fn apply(
             found.invalid.push((package.dir.clone(), invalid));
             continue;
         }
-        let dir = package.dir.to_string_lossy().into_owned();
-        let entry = |id: &str| AgentEntry {
-            agent_id: id.to_owned(),
-            package: dir.clone(),
-            version: package.version.clone(),
-        };
         memo.errors.remove(&package.dir);
         for (id, step) in commands {
-            match step {
-                Step::Register(spec) => {
-                    let reason = format!("discovered package {dir} version {}", package.version);
-                    let command = AgentCommand::Register { agent_id: id.clone(), spec };
-                    match store.execute(id.as_str(), command, meta(reason)).await {
-                        Ok(_) => {}
-                        Err(CommandError::Rejected(e)) => {
-                            found.invalid.push((package.dir.clone(), at_field(&package.dir, "", e.to_string())));
-                            break;
-                        }
-                        Err(e) => return Err(unavailable(e)),
+            let outcome = act(store, &meta, &package, &id, step, &mut report).await?;
+            if let Some(refusal) = outcome {
+                let invalid = match refusal {
+                    AgentError::Validation { field, message } => {
+                        at_field(&package.dir, &field, message)
                     }
-                    info!(agent_id = %id, package = %dir, version = %package.version, "package registered");
-                    report.registered.push(entry(id.as_str()));
-                }
-                Step::Update { spec, from } => {
-                    let reason = format!("package {dir} version {from} -> {}", package.version);
-                    match store.execute(id.as_str(), AgentCommand::UpdatePackage { spec }, meta(reason)).await {
-                        Ok(_) => {}
-                        Err(CommandError::Rejected(e)) => {
-                            found.invalid.push((package.dir.clone(), at_field(&package.dir, "", e.to_string())));
-                            break;
-                        }
-                        Err(e) => return Err(unavailable(e)),
-                    }
-                    info!(agent_id = %id, package = %dir, from = %from, to = %package.version, "package updated");
-                    report.updated.push(Updated {
-                        agent_id: id.to_string(),
-                        package: dir.clone(),
-                        from_version: from,
-                        to_version: package.version.clone(),
-                    });
-                }
-                Step::Unchanged => report.unchanged.push(entry(id.as_str())),
-                Step::Unapplied => report.unapplied.push(Unapplied {
-                    agent_id: id.to_string(),
-                    package: dir.clone(),
-                    version: package.version.clone(),
-                    message: format!(
-                        "agent.toml changed but `version` is still `{}`: bump it to apply the change",
-                        package.version
+                    AgentError::InvalidSpec(e) => at_field(
+                        &package.dir,
+                        &crate::build::manifest_field(&e.field),
+                        e.message,
                     ),
-                }),
+                    other => at_field(&package.dir, "", other.to_string()),
+                };
+                found.invalid.push((package.dir.clone(), invalid));
+                break;
             }
         }
     }
@@ -115,6 +81,77 @@ pub(super) async fn apply(
     report_removed(&existing, memo, &found, &defined, &mut report);
     report.sort();
     Ok(report)
+}
+
+/// Carries out `step` for agent `id` and adds it to the report; `Ok(Some)`
+/// is the aggregate's refusal (the package is then reported invalid, and
+/// its agents keep their spec).
+async fn act(
+    store: &AgentStore,
+    meta: &impl Fn(String) -> HashMap<String, String>,
+    package: &Package,
+    agent_id: &AgentId,
+    step: Step,
+    report: &mut ScanReport,
+) -> Result<Option<AgentError>, Error> {
+    let id = agent_id.as_str();
+    let dir = package.dir.to_string_lossy().into_owned();
+    let version = package.version.clone();
+    let entry = AgentEntry {
+        agent_id: id.to_owned(),
+        package: dir.clone(),
+        version: version.clone(),
+    };
+    let (command, reason, updated) = match step {
+        Step::Unchanged => {
+            report.unchanged.push(entry);
+            return Ok(None);
+        }
+        Step::Unapplied => {
+            let message = format!(
+                "agent.toml changed but `version` is still `{version}`: bump it to apply the change"
+            );
+            report.unapplied.push(Unapplied {
+                agent_id: id.to_owned(),
+                package: dir,
+                version,
+                message,
+            });
+            return Ok(None);
+        }
+        Step::Register(spec) => {
+            let agent_id = agent_id.clone();
+            let reason = format!("discovered package {dir} version {version}");
+            (AgentCommand::Register { agent_id, spec }, reason, None)
+        }
+        Step::Update { spec, from } => {
+            let reason = format!("package {dir} version {from} -> {version}");
+            let updated = Updated {
+                agent_id: id.to_owned(),
+                package: dir.clone(),
+                from_version: from,
+                to_version: version.clone(),
+            };
+            (AgentCommand::UpdatePackage { spec }, reason, Some(updated))
+        }
+    };
+    match (store.execute(id, command, meta(reason)).await, updated) {
+        (Ok(_), Some(updated)) => {
+            info!(agent_id = %id, package = %dir, from = %updated.from_version, to = %version, "package updated");
+            report.updated.push(updated);
+        }
+        (Ok(_), None) => {
+            info!(agent_id = %id, package = %dir, %version, "package registered");
+            report.registered.push(entry);
+        }
+        // Another discovery (on another node) registered it first.
+        (Err(CommandError::Rejected(AgentError::AlreadyRegistered)), _) => {
+            report.unchanged.push(entry);
+        }
+        (Err(CommandError::Rejected(e)), _) => return Ok(Some(e)),
+        (Err(e), _) => return Err(unavailable(e)),
+    }
+    Ok(None)
 }
 
 /// What to do for one agent of a valid package.
