@@ -154,3 +154,65 @@ async fn without_roots_discover_is_a_conflict_and_the_document_says_so() {
     assert!(doc["components"]["schemas"]["InvalidPackage"].is_object());
     stack.cleanup().await;
 }
+
+/// With the event store unreachable a scan is a 503 with `Retry-After`.
+#[tokio::test]
+async fn discover_without_a_database_is_unavailable() {
+    let pool = opmas_store::db::connect_lazy(
+        "postgres://postgres@127.0.0.1:9/none",
+        4,
+        opmas_api::DB_ACQUIRE_TIMEOUT,
+    )
+    .unwrap();
+    let store = opmas_store::AgentStore::new(pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    write_package(tmp.path(), "web", WEB);
+    let discovery = opmas_packages::Discovery::new(
+        store.clone(),
+        opmas_packages::discovery::Config {
+            roots: vec![tmp.path().to_path_buf()],
+            ..Default::default()
+        },
+    );
+    let config = opmas_api::ApiConfig {
+        jwt: opmas_api::auth::jwt::JwtVerifier::new(
+            vec![opmas_api::auth::jwt::JwtKey::hs256(
+                Some("test"),
+                opmas_testkit::api::JWT_SECRET,
+            )],
+            opmas_testkit::api::ISSUER,
+            opmas_testkit::api::AUDIENCE,
+        ),
+        ..opmas_api::ApiConfig::default()
+    };
+    let state = opmas_api::AppState::new(pool, store, opmas_testkit::nats().await, config)
+        .with_discovery(discovery);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(opmas_api::serve(listener, state, cancel.clone()));
+    let jwt = opmas_api::auth::jwt::sign_hs256(
+        Some("test"),
+        opmas_testkit::api::JWT_SECRET,
+        &opmas_api::auth::jwt::Claims {
+            sub: "ops".into(),
+            role: Role::Admin,
+            exp: u64::try_from(chrono::Utc::now().timestamp() + 300).unwrap(),
+            nbf: None,
+            iss: opmas_testkit::api::ISSUER.into(),
+            aud: opmas_testkit::api::AUDIENCE.into(),
+        },
+    )
+    .unwrap();
+    let resp = Client::new()
+        .post(format!("{base}/api/v1/agents/discover"))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    cancel.cancel();
+}

@@ -64,10 +64,4 @@ pub enum Error {
     /// The event store refused or could not take a command: retry later.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
-    /// A package root cannot be read.
-    #[error("cannot read package root {path}: {source}")]
-    Root {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }

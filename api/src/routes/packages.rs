@@ -37,10 +37,10 @@ pub async fn discover(
     tracing::info!(actor = %principal.actor(), "package scan requested");
     match discovery.scan().await {
         Ok(report) => Ok(super::ok(report)),
-        Err(opmas_packages::Error::Unavailable(e)) => {
+        // The only way a scan fails: the event store is unreachable.
+        Err(e @ opmas_packages::Error::Unavailable(_)) => {
             tracing::warn!(error = %e, "package scan failed");
             Err(ApiError::unavailable("the event store"))
         }
-        Err(e) => Err(ApiError::internal(e)),
     }
 }
