@@ -272,6 +272,28 @@ async fn scans_register_update_report_invalid_and_removed_packages() {
             .contains("`stop.signal`: unknown signal `SIGSTOP`")
     );
 
+    // A package moved to another directory (same agents) is taken over there.
+    let moved = root.join("web-moved");
+    std::fs::rename(&web, &moved).unwrap();
+    write(
+        &moved,
+        &[(
+            "agent.toml",
+            &format!("{}args = [\"-v\"]\n", BASE.replace("1.0.0", "1.1.0")),
+        )],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(report.updated.len(), 1, "{report:?}");
+    assert!(
+        report.removed.is_empty() && report.invalid.len() == 1,
+        "{report:?}"
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    let spec = agent.spec.unwrap();
+    let moved = moved.canonicalize().unwrap().to_string_lossy().into_owned();
+    assert_eq!(spec.package_dir.as_deref(), Some(moved.as_str()));
+    assert_eq!(spec.command, format!("{moved}/bin/web"));
+
     // A removed package is reported; its agents stay registered.
     std::fs::remove_dir_all(&workers).unwrap();
     let report = discovery.scan().await.unwrap();

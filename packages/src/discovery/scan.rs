@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use super::find::{Found, at_field};
 use super::{Config, Memo};
 use crate::error::{Error, Invalid};
-use crate::package::Package;
+use crate::package::{MANIFEST, Package};
 use crate::report::{AgentEntry, InvalidPackage, Removed, ScanReport, Unapplied, Updated};
 
 fn unavailable(e: CommandError) -> Error {
@@ -181,16 +181,18 @@ fn plan(
         return Ok(Step::Register(spec.clone()));
     };
     let dir = package.dir.to_string_lossy();
-    if registered.package_dir.as_deref() != Some(&*dir) {
-        let owner = registered
-            .package_dir
-            .as_deref()
-            .unwrap_or("the API (no package)");
-        return Err(format!(
-            "agent `{id}` is already registered from {owner}: rename this package"
-        ));
-    }
-    if registered.package_version != spec.package_version {
+    let moved = match registered.package_dir.as_deref() {
+        Some(old) if old == dir => false,
+        // The package moved: its old directory holds no package any more.
+        Some(old) if !Path::new(old).join(MANIFEST).exists() => true,
+        owner => {
+            let owner = owner.unwrap_or("the API (no package)");
+            return Err(format!(
+                "agent `{id}` is already registered from {owner}: rename this package"
+            ));
+        }
+    };
+    if moved || registered.package_version != spec.package_version {
         return Ok(Step::Update {
             spec: spec.clone(),
             from: registered.package_version.clone(),
