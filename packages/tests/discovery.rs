@@ -333,6 +333,18 @@ async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused(
         )
         .await
         .unwrap();
+    // So was `x`, which requires `y`: a package `y` requiring `x` closes a cycle.
+    let mut x = opmas_testkit::spec();
+    x.requires.insert("y".into());
+    let register_x = opmas_domain::AgentCommand::Register {
+        agent_id: "x".parse().unwrap(),
+        spec: x,
+    };
+    store
+        .execute("x", register_x, opmas_testkit::meta("admin"))
+        .await
+        .unwrap();
+    package(&root, "y", &named("y", "requires = [\"x\"]\n"));
 
     let report = Discovery::new(store.clone(), config(&root))
         .scan()
@@ -357,6 +369,11 @@ async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused(
         assert_eq!(i.message, "`requires` forms a cycle: a -> b -> c -> a");
         assert!(!registered(&store, name).await);
     }
+    assert_eq!(
+        by_package("y").message,
+        "`requires` forms a cycle: x -> y -> x"
+    );
+    assert!(!registered(&store, "y").await);
     assert!(
         by_package("d-copy")
             .message

@@ -81,7 +81,7 @@ pub(super) fn find(config: &Config) -> Found {
         found.roots.push(canonical);
     }
     refuse_duplicates(&mut found);
-    refuse_cycles(&mut found);
+    refuse_cycles(&mut found, &BTreeMap::new());
     found
 }
 
@@ -115,18 +115,19 @@ fn refuse_duplicates(found: &mut Found) {
     found.packages = kept;
 }
 
-/// Packages on a `requires` cycle are refused, with the cycle named.
-fn refuse_cycles(found: &mut Found) {
+/// Packages on a `requires` cycle are refused, with the cycle named. The
+/// cycle may run through `registered` agents (id → requires) that no found
+/// package redefines; a cycle of registered agents alone is not ours to
+/// refuse and is skipped.
+pub(super) fn refuse_cycles(found: &mut Found, registered: &BTreeMap<String, BTreeSet<String>>) {
+    let mut registered = registered.clone();
     loop {
-        let graph: BTreeMap<String, BTreeSet<String>> = found
-            .packages
-            .iter()
-            .flat_map(|p| {
-                p.agents
-                    .iter()
-                    .map(|(id, spec)| (id.to_string(), spec.requires.clone()))
-            })
-            .collect();
+        let mut graph = registered.clone();
+        for package in &found.packages {
+            for (id, spec) in &package.agents {
+                graph.insert(id.to_string(), spec.requires.clone());
+            }
+        }
         let Err(cycle) = order::start_order(&graph) else {
             return;
         };
@@ -139,6 +140,9 @@ fn refuse_cycles(found: &mut Found) {
                     .any(|(id, _)| on_cycle.contains(&id.to_string()))
             });
         found.packages = kept;
+        if refused.is_empty() {
+            registered.retain(|id, _| !on_cycle.contains(id));
+        }
         for package in refused {
             let invalid = at_field(&package.dir, "requires", cycle.to_string());
             found.invalid.push((package.dir, invalid));

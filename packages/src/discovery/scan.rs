@@ -9,7 +9,7 @@ use opmas_store::{AgentStore, CommandError};
 use serde_json::json;
 use tracing::{error, info, warn};
 
-use super::find::{Found, at_field};
+use super::find::{Found, at_field, refuse_cycles};
 use super::{Config, Memo};
 use crate::error::{Error, Invalid};
 use crate::package::{MANIFEST, Package};
@@ -31,6 +31,13 @@ pub(super) async fn apply(
         let (agent, _) = store.load(&id).await.map_err(unavailable)?;
         existing.insert(id, agent);
     }
+    // Cycles through agents registered earlier (or through the API).
+    let registered = existing
+        .iter()
+        .filter(|(_, a)| a.registered && !a.deregistered)
+        .filter_map(|(id, a)| Some((id.clone(), a.spec.as_ref()?.requires.clone())))
+        .collect();
+    refuse_cycles(&mut found, &registered);
     let scan_number = memo.scans;
     let meta = |reason: String| {
         let correlation = format!("discovery-scan-{scan_number}");
