@@ -216,3 +216,61 @@ async fn discover_without_a_database_is_unavailable() {
     assert_eq!(body["error"]["code"], "UNAVAILABLE");
     cancel.cancel();
 }
+
+/// Registering or updating through the API refuses a `requires` cycle with
+/// the registered agents, naming it.
+#[tokio::test]
+async fn api_registration_refuses_a_requires_cycle() {
+    let stack = ApiStack::start().await;
+    let http = Client::new();
+    let register = |id: &'static str, requires: &'static [&'static str]| {
+        let body = serde_json::json!({"agent_id": id, "spec": {"agent_type": "t", "command": "sleep", "requires": requires}});
+        let req = http
+            .post(stack.url("/api/v1/agents"))
+            .bearer_auth(&stack.admin_token)
+            .json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(register("a", &["b"]).await.0, StatusCode::CREATED);
+    assert_eq!(register("b", &["c"]).await.0, StatusCode::CREATED);
+    // The read model must show a's and b's requires before the check can see them.
+    let projected = eventually(Duration::from_secs(10), || async {
+        let mut ok = true;
+        for id in ["a", "b"] {
+            let r = http
+                .get(stack.url(&format!("/api/v1/agents/{id}")))
+                .bearer_auth(&stack.admin_token)
+                .send()
+                .await
+                .unwrap();
+            ok &= r.status() == StatusCode::OK;
+        }
+        ok
+    })
+    .await;
+    assert!(projected);
+    let (status, body) = register("c", &["a"]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "spec.requires");
+    assert_eq!(
+        body["error"]["details"]["reason"],
+        "`requires` forms a cycle: a -> b -> c -> a"
+    );
+    assert_eq!(
+        register("c", &[]).await.0,
+        StatusCode::CREATED,
+        "c without the back edge"
+    );
+    let resp = http
+        .put(stack.url("/api/v1/agents/c"))
+        .bearer_auth(&stack.admin_token)
+        .json(&serde_json::json!({"spec": {"agent_type": "t", "command": "sleep", "requires": ["a"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    stack.cleanup().await;
+}

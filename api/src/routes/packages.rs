@@ -1,5 +1,8 @@
 //! Packages: trigger a discovery scan of the package roots and report what
-//! it registered, updated, refused and found removed.
+//! it registered, updated, refused and found removed; the `requires` cycle
+//! check of agents registered or updated through the API.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -43,4 +46,38 @@ pub async fn discover(
             Err(ApiError::unavailable("the event store"))
         }
     }
+}
+
+/// Refuses a spec whose `requires` would close a cycle with the agents
+/// registered so far (read from the `agent_status` read model), naming it:
+/// `spec.requires`: `requires` forms a cycle: a -> b -> a.
+pub(crate) async fn check_requires(
+    state: &AppState,
+    agent_id: &str,
+    requires: &BTreeSet<String>,
+) -> ApiResult<()> {
+    if requires.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "select agent_id, state->'spec'->'requires' from agent_status \
+         where registered and not deregistered and agent_id <> $1",
+    )
+    .bind(agent_id)
+    .fetch_all(state.pool())
+    .await?;
+    let mut graph: BTreeMap<String, BTreeSet<String>> = rows
+        .into_iter()
+        .map(|(id, r)| {
+            (
+                id,
+                r.and_then(|r| serde_json::from_value(r).ok())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    graph.insert(agent_id.to_owned(), requires.clone());
+    opmas_packages::start_order(&graph)
+        .map(|_| ())
+        .map_err(|cycle| ApiError::validation("spec.requires", cycle.to_string()))
 }
