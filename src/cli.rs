@@ -247,6 +247,44 @@ pub struct ServeArgs {
     pub supervisor: SupervisorArgs,
     #[command(flatten)]
     pub projector: ProjectArgs,
+    #[command(flatten)]
+    pub packages: PackageArgs,
+}
+
+/// Package discovery (`opmas serve`, `opmas dev`); see docs/packages.md.
+#[derive(Debug, Args, Clone)]
+pub struct PackageArgs {
+    /// Directory whose subdirectories are agent packages (repeat, or
+    /// separate with commas); none: no discovery.
+    #[arg(
+        long = "package-root",
+        env = "OPMAS_PACKAGE_ROOTS",
+        value_delimiter = ','
+    )]
+    pub package_roots: Vec<PathBuf>,
+    /// Environment name: selects each package's `config/<environment>.toml`.
+    #[arg(long, env = "OPMAS_ENVIRONMENT", default_value = "development")]
+    pub environment: String,
+    /// Full rescan of the package roots at least this often (changes are
+    /// also picked up at once by watching the roots).
+    #[arg(long, env = "OPMAS_PACKAGE_RESCAN", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub package_rescan: Duration,
+}
+
+impl PackageArgs {
+    /// The discovery settings, with the `OPMAS_AGENT_*` variables of this
+    /// process (agent config overrides).
+    pub fn discovery(&self) -> opmas_packages::discovery::Config {
+        opmas_packages::discovery::Config {
+            roots: self.package_roots.clone(),
+            environment: self.environment.clone(),
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("OPMAS_AGENT_"))
+                .collect(),
+            rescan_interval: self.package_rescan,
+            ..opmas_packages::discovery::Config::default()
+        }
+    }
 }
 
 /// A server role of `opmas serve`.
@@ -423,6 +461,9 @@ pub struct DevArgs {
     /// API settings.
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Package discovery settings.
+    #[command(flatten)]
+    pub packages: PackageArgs,
 }
 
 impl Global {

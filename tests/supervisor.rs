@@ -1177,3 +1177,76 @@ async fn descendants_that_leave_the_group_die_with_the_agent_cgroup() {
     let _ = std::fs::remove_dir(root.join("esc"));
     std::fs::remove_dir(&root).unwrap();
 }
+
+/// When `id` turned healthy (metadata time of its HealthChanged to healthy).
+async fn healthy_at(h: &Harness, id: &str) -> chrono::DateTime<chrono::Utc> {
+    let envelopes = h.store.events(id).await.unwrap();
+    let e = envelopes
+        .iter()
+        .find(|e| {
+            matches!(
+                e.payload,
+                AgentEvent::HealthChanged {
+                    to: opmas_domain::Health::Healthy,
+                    ..
+                }
+            )
+        })
+        .unwrap_or_else(|| panic!("{id} never turned healthy"));
+    opmas_domain::EventMetadata::from_map(&e.metadata)
+        .unwrap()
+        .time
+}
+
+/// When `id`'s first process started.
+async fn started_at(h: &Harness, id: &str) -> chrono::DateTime<chrono::Utc> {
+    h.events(id)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            AgentEvent::ProcessStarted { at, .. } => Some(at),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{id} never started"))
+}
+
+/// A chain of three `requires` (api -> cache -> db), started in the wrong
+/// order: each agent waits, saying what for, until the one it requires is
+/// healthy (heartbeats), then starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requires_chain_starts_each_agent_after_its_requirement_is_healthy() {
+    let h = Harness::new().await;
+    for (id, requires) in [("api", Some("cache")), ("cache", Some("db")), ("db", None)] {
+        let mut spec = beating("exec sleep 1000", 5_000, false);
+        spec.requires.extend(requires.map(str::to_owned));
+        h.register(id, spec).await;
+        h.command(id, AgentCommand::Start).await;
+    }
+    let waits = |on: &'static str| {
+        move |a: &Agent| {
+            a.last_error.as_deref() == Some(&format!("waiting for {on} to be healthy"))
+                && a.pid.is_none()
+        }
+    };
+    h.wait_for("db", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    h.wait_for("cache", "waiting for db", waits("db")).await;
+    h.wait_for("api", "waiting for cache", waits("cache")).await;
+
+    let db_beats = heartbeats(&h, "db");
+    h.wait_for("cache", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    assert!(
+        h.agent("api").await.pid.is_none(),
+        "api must wait for cache"
+    );
+    let cache_beats = heartbeats(&h, "cache");
+    h.wait_for("api", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+
+    assert!(started_at(&h, "cache").await >= healthy_at(&h, "db").await);
+    assert!(started_at(&h, "api").await >= healthy_at(&h, "cache").await);
+    db_beats.cancel();
+    cache_beats.cancel();
+    h.finish().await;
+}

@@ -84,6 +84,7 @@ struct Inner {
     metrics: metrics::Metrics,
     live: tokio::sync::OnceCell<tokio::sync::broadcast::Sender<Arc<live::Outgoing>>>,
     tokens: auth::tokens::TokenCache,
+    discovery: std::sync::OnceLock<opmas_packages::Discovery>,
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -106,8 +107,22 @@ impl AppState {
             metrics: metrics::Metrics::new(),
             live: tokio::sync::OnceCell::new(),
             tokens: auth::tokens::TokenCache::default(),
+            discovery: std::sync::OnceLock::new(),
             config,
         }))
+    }
+
+    /// Serves `POST /agents/discover` with `discovery` (without one it
+    /// answers 409 `DISCOVERY_NOT_CONFIGURED`). Set once; later calls are ignored.
+    #[must_use]
+    pub fn with_discovery(self, discovery: opmas_packages::Discovery) -> Self {
+        let _ = self.0.discovery.set(discovery);
+        self
+    }
+
+    /// The package discovery, when the server has package roots.
+    pub fn discovery(&self) -> Option<&opmas_packages::Discovery> {
+        self.0.discovery.get()
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -71,5 +71,5 @@ pub use id::{AgentId, IdError};
 pub use metadata::{EventMetadata, MetadataError};
 pub use spec::{
     AgentSpec, HealthCheck, HealthCheckSpec, HeartbeatSpec, RecoveryPolicy, RecoveryStrategy,
-    ResourceLimits, RestartMode, RestartPolicy, SpecError,
+    ReloadMode, ResourceLimits, RestartMode, RestartPolicy, SpecError,
 };

@@ -36,6 +36,7 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         relay: args.relay.clone(),
         supervisor: args.supervisor.clone(),
         projector: args.projector.clone(),
+        packages: args.packages.clone(),
     };
     let (tasks, addr) = super::serve::start(global, &serve, pool.clone(), client, &cancel).await?;
     let token = opmas_api::auth::tokens::create(

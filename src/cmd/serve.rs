@@ -70,6 +70,7 @@ pub async fn start(
         let s = super::supervisor::spawn(store.clone(), client.clone(), config, cancel.clone())?;
         tasks.push(tokio::spawn(async move { Ok(s.await??) }));
     }
+    let discovery = discovery(args, &store, cancel, &mut tasks)?;
     if args.roles.contains(&Role::Api) {
         let config = api_config(global, &args.api)?;
         // Its own pool with a short acquire timeout: an unreachable database
@@ -92,7 +93,10 @@ pub async fn start(
                 )
             })?;
         addr = Some(listener.local_addr()?);
-        let state = AppState::new(pool, store, client, config);
+        let mut state = AppState::new(pool, store, client, config);
+        if let Some(discovery) = discovery {
+            state = state.with_discovery(discovery);
+        }
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             opmas_api::serve(listener, state, c)
@@ -101,6 +105,38 @@ pub async fn start(
         }));
     }
     Ok((tasks, addr))
+}
+
+/// Starts package discovery when package roots are configured (whatever
+/// the roles); the API's `POST /agents/discover` shares it.
+fn discovery(
+    args: &ServeArgs,
+    store: &AgentStore,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<Task>,
+) -> anyhow::Result<Option<opmas_packages::Discovery>> {
+    if args.packages.package_roots.is_empty() {
+        return Ok(None);
+    }
+    let config = args.packages.discovery();
+    if !config
+        .environment
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || config.environment.is_empty()
+    {
+        anyhow::bail!(
+            "--environment `{}`: use letters, digits, '-' and '_' (it names config/<environment>.toml)",
+            config.environment
+        );
+    }
+    tracing::info!(roots = ?config.roots, environment = %config.environment, "package discovery");
+    let discovery = opmas_packages::Discovery::new(store.clone(), config);
+    let (d, c) = (discovery.clone(), cancel.clone());
+    tasks.push(tokio::spawn(async move {
+        d.run(c).await.context("package discovery")
+    }));
+    Ok(Some(discovery))
 }
 
 /// Waits for every task; the first error cancels the others.
@@ -149,6 +185,7 @@ pub async fn run_api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode
         relay: default_args::<crate::cli::RelayArgs>(),
         supervisor: default_args::<crate::cli::SupervisorArgs>(),
         projector: default_args::<crate::cli::ProjectArgs>(),
+        packages: default_args::<crate::cli::PackageArgs>(),
     };
     run(global, &serve).await
 }

@@ -22,7 +22,8 @@ pub enum Transition {
         /// The last heartbeat, if any arrived.
         last_seen: Option<DateTime<Utc>>,
     },
-    /// Heartbeats arrive again after a loss.
+    /// The first heartbeat of a watched process, or heartbeats arrive
+    /// again after a loss (either way the agent is healthy).
     Resumed,
 }
 
@@ -130,7 +131,7 @@ async fn run(
                 let Some(agent) = message.subject.as_str().rsplit('.').next() else { continue };
                 let Some(entry) = entries.get_mut(agent) else { continue };
                 let now = Utc::now();
-                entry.last_seen = Some(now);
+                let first = entry.last_seen.replace(now).is_none();
                 if let Ok(mut seen) = last_seen.lock() {
                     seen.insert(agent.to_string(), now);
                 }
@@ -138,7 +139,7 @@ async fn run(
                     Some(key) => queue.reset(&key, entry.timeout),
                     None => entry.key = Some(queue.insert(agent.to_string(), entry.timeout)),
                 }
-                if std::mem::take(&mut entry.lost) {
+                if std::mem::take(&mut entry.lost) || first {
                     let _ = out.send((agent.to_string(), Transition::Resumed));
                 }
             }

@@ -60,9 +60,14 @@ pub(crate) struct Worker {
     recovering: bool,
     failed_retry_at: Option<Instant>,
     last_spawn_error: Option<String>,
+    /// Required agents not yet healthy, as last reported.
+    waiting: Vec<String>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often an agent waiting for its `requires` checks them again.
+const REQUIRES_POLL: Duration = Duration::from_millis(500);
 
 impl Worker {
     pub fn start(id: String, shared: Arc<Shared>, cancel: CancellationToken) -> mpsc::Sender<Msg> {
@@ -78,6 +83,7 @@ impl Worker {
             recovering: false,
             failed_retry_at: None,
             last_spawn_error: None,
+            waiting: Vec::new(),
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -217,8 +223,49 @@ impl Worker {
         if self.wake_at.is_some_and(|w| w > Instant::now()) {
             return; // backoff delay still running
         }
+        if self.wait_for_requirements(agent).await {
+            return;
+        }
         debug!(agent_id = %self.id, status = %agent.status, wake_at = ?self.wake_at, "spawning");
         self.spawn(agent).await;
+    }
+
+    /// True while an agent in `spec.requires` is not healthy: the start
+    /// waits (checked again every [`REQUIRES_POLL`]). Each new set of
+    /// agents waited for is logged and recorded (severity info) once.
+    async fn wait_for_requirements(&mut self, agent: &Agent) -> bool {
+        let Some(spec) = agent.spec.as_ref() else {
+            return false;
+        };
+        let mut waiting = Vec::new();
+        for required in &spec.requires {
+            let ready = match self.shared.store.load(required).await {
+                Ok((other, _)) => requirement_met(&other),
+                Err(_) => false,
+            };
+            if !ready {
+                waiting.push(required.clone());
+            }
+        }
+        if waiting != self.waiting && !waiting.is_empty() {
+            let message = format!("waiting for {} to be healthy", waiting.join(", "));
+            info!(agent_id = %self.id, waiting_for = ?waiting, "start waits for required agents");
+            let _ = self
+                .report(AgentCommand::RecordError {
+                    severity: Severity::Info,
+                    category: "start_order".into(),
+                    error_type: "WaitingForRequirements".into(),
+                    message,
+                    context: serde_json::json!({ "waiting_for": waiting }),
+                })
+                .await;
+        }
+        let blocked = !waiting.is_empty();
+        self.waiting = waiting;
+        if blocked {
+            self.wake_in(REQUIRES_POLL);
+        }
+        blocked
     }
 
     async fn spawn(&mut self, agent: &Agent) {
@@ -626,6 +673,22 @@ impl Worker {
         if let Err(err) = self.report(done).await {
             debug!(agent_id = %self.id, error = %err, "recovery failure not recorded");
         }
+    }
+}
+
+/// A required agent is ready when it is healthy, or, if nothing can ever
+/// report its health (heartbeats off, heartbeat check), when it runs.
+fn requirement_met(agent: &Agent) -> bool {
+    if !agent.registered || agent.deregistered {
+        return false;
+    }
+    let silent = agent.spec.as_ref().is_some_and(|s| {
+        !s.heartbeat.enabled && s.health_check.check == opmas_domain::HealthCheck::Heartbeat
+    });
+    match agent.status {
+        ProcessStatus::Running if silent => true,
+        ProcessStatus::Running | ProcessStatus::Degraded => agent.health == Health::Healthy,
+        _ => false,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct StackOptions {
     pub live_buffer: usize,
     /// Run the projector (read models).
     pub projector: bool,
+    /// Package roots: when not empty, the API scans them on
+    /// `POST /agents/discover` (no watcher runs).
+    pub package_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -40,6 +43,7 @@ impl Default for StackOptions {
             body_limit: 1024 * 1024,
             live_buffer: 1024,
             projector: true,
+            package_roots: Vec::new(),
         }
     }
 }
@@ -116,7 +120,15 @@ impl ApiStack {
             nodes_bucket: format!("OPMAS_NODES_{}", t.to_uppercase()),
             live_buffer: options.live_buffer,
         };
-        let state = AppState::new(db.pool.clone(), store.clone(), client.clone(), config);
+        let mut state = AppState::new(db.pool.clone(), store.clone(), client.clone(), config);
+        if !options.package_roots.is_empty() {
+            let discovery = opmas_packages::discovery::Config {
+                roots: options.package_roots.clone(),
+                environment: "test".into(),
+                ..Default::default()
+            };
+            state = state.with_discovery(opmas_packages::Discovery::new(store.clone(), discovery));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(opmas_api::serve(listener, state, cancel.clone()));

@@ -467,6 +467,7 @@ pub async fn register(
 ) -> ApiResult<Response> {
     let agent_id = AgentId::parse(&req.agent_id)
         .map_err(|e| ApiError::validation("agent_id", e.to_string()))?;
+    super::packages::check_requires(&state, &req.agent_id, &req.spec.requires).await?;
     let result = execute(
         &state,
         &principal,
@@ -510,6 +511,7 @@ pub async fn update(
     AgentPath(id): AgentPath,
     Body(req): Body<UpdateRequest>,
 ) -> ApiResult<Response> {
+    super::packages::check_requires(&state, &id, &req.spec.requires).await?;
     let result = execute(
         &state,
         &principal,

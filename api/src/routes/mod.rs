@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod health;
 pub mod nodes;
+pub mod packages;
 pub mod telemetry;
 pub mod tokens;
 
@@ -30,6 +31,7 @@ use crate::error::ApiError;
 pub fn api_router(state: AppState) -> OpenApiRouter {
     let protected = OpenApiRouter::new()
         .routes(routes!(agents::list, agents::register))
+        .routes(routes!(packages::discover))
         .routes(routes!(agents::get, agents::update, agents::deregister))
         .routes(routes!(agents::start))
         .routes(routes!(agents::stop))

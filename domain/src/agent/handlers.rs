@@ -122,12 +122,20 @@ impl Agent {
             return Err(AgentError::AlreadyRegistered);
         }
         spec.validate()?;
+        not_self_required(&agent_id, &spec)?;
         one(AgentEvent::AgentRegistered { agent_id, spec })
     }
 
     fn update_package(&self, current: &AgentSpec, mut spec: AgentSpec) -> Events {
         spec.validate()?;
+        if let Some(id) = &self.id {
+            not_self_required(id, &spec)?;
+        }
         spec.config = self.config().unwrap_or(&current.config).clone();
+        // The current config must satisfy the new package's schema.
+        if let Some(schema) = &spec.config_schema {
+            schema_allows(schema, &spec.config)?;
+        }
         if spec == *current {
             return none();
         }
@@ -147,6 +155,9 @@ impl Agent {
         if !config.is_object() {
             return Err(AgentError::validation("config", "must be a JSON object"));
         }
+        if let Some(schema) = self.spec.as_ref().and_then(|s| s.config_schema.as_ref()) {
+            schema_allows(schema, &config)?;
+        }
         one(AgentEvent::ConfigUpdated {
             version: self.config_version.saturating_add(1),
             config,
@@ -164,6 +175,9 @@ impl Agent {
         }
         let index = usize::try_from(to_version - 1).map_err(|_| unknown.clone())?;
         let config = self.configs.get(index).ok_or(unknown)?.clone();
+        if let Some(schema) = self.spec.as_ref().and_then(|s| s.config_schema.as_ref()) {
+            schema_allows(schema, &config)?;
+        }
         one(AgentEvent::ConfigRolledBack {
             version: self.config_version.saturating_add(1),
             to_version,
@@ -247,6 +261,25 @@ impl Agent {
         }
         one(AgentEvent::RecoveryCompleted { succeeded, error })
     }
+}
+
+/// `config` satisfies the agent's config schema.
+fn schema_allows(schema: &Value, config: &Value) -> Result<(), AgentError> {
+    crate::spec::check_config(schema, config).map_err(|e| AgentError::Validation {
+        field: e.field,
+        message: e.message,
+    })
+}
+
+/// An agent that requires itself could never start.
+fn not_self_required(agent_id: &AgentId, spec: &AgentSpec) -> Result<(), AgentError> {
+    if spec.requires.contains(agent_id.as_str()) {
+        return Err(AgentError::validation(
+            "requires",
+            format!("`{agent_id}` cannot require itself"),
+        ));
+    }
+    Ok(())
 }
 
 fn set_recovery_policy(policy: RecoveryPolicy) -> Events {

@@ -12,10 +12,10 @@
 //!
 //! | command | when (status, desired) | events | then |
 //! |---|---|---|---|
-//! | Register | fresh aggregate, valid spec | AgentRegistered | registered, stopped; spec & config v1 |
-//! | UpdatePackage | valid spec that differs | PackageUpdated | spec_version + 1 (config kept) |
-//! | UpdateConfig | `expected_version` = current, object | ConfigUpdated | config_version + 1 |
-//! | RollbackConfig | `1 <= to < current` | ConfigRolledBack | config_version + 1 |
+//! | Register | fresh aggregate, valid spec (config fits its schema, not requiring itself) | AgentRegistered | registered, stopped; spec & config v1 |
+//! | UpdatePackage | valid spec that differs; current config fits its schema | PackageUpdated | spec_version + 1 (config kept) |
+//! | UpdateConfig | `expected_version` = current, object fitting the schema | ConfigUpdated | config_version + 1 |
+//! | RollbackConfig | `1 <= to < current`, that config fits the schema | ConfigRolledBack | config_version + 1 |
 //! | Start | registered, stopped, failed | StartRequested | starting, running; window reset |
 //! | Start | already desired running | — | |
 //! | Start | stopping, desired stopped | *InvalidTransition* | |

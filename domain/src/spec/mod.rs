@@ -55,6 +55,15 @@ pub struct AgentSpec {
     pub recovery: RecoveryPolicy,
     /// The agent's own configuration; must be a JSON object.
     pub config: Value,
+    /// JSON Schema of `config` (an object); properties with `"x-secret": true`
+    /// are redacted by [`AgentSpec::redacted`]. `None`: any object.
+    pub config_schema: Option<Value>,
+    /// How a running agent takes a new config.
+    pub reload: ReloadMode,
+    /// Ids of agents that must be healthy before this one starts.
+    pub requires: BTreeSet<String>,
+    /// Directory of the package this spec was read from (set by discovery).
+    pub package_dir: Option<String>,
 }
 
 impl Default for AgentSpec {
@@ -78,6 +87,10 @@ impl Default for AgentSpec {
             stop_grace_ms: 10_000,
             recovery: RecoveryPolicy::default(),
             config: Value::Object(serde_json::Map::new()),
+            config_schema: None,
+            reload: ReloadMode::Control,
+            requires: BTreeSet::new(),
+            package_dir: None,
         }
     }
 }
@@ -207,6 +220,20 @@ impl Default for HealthCheckSpec {
 }
 
 labelled_enum! {
+    /// How a running agent is given a new config.
+    #[derive(Default)]
+    pub enum ReloadMode {
+        /// A `reload` control request (SIGHUP when the agent does not answer).
+        #[default]
+        Control => "control",
+        /// SIGHUP to the process group.
+        Sighup => "sighup",
+        /// A restart (the agent reads its config only at start).
+        Restart => "restart",
+    }
+}
+
+labelled_enum! {
     /// What recovery does.
     #[derive(Default)]
     pub enum RecoveryStrategy {
@@ -258,7 +285,8 @@ impl SpecError {
 }
 
 impl AgentSpec {
-    /// A copy safe to log or show: secret env values become `***`.
+    /// A copy safe to log or show: secret env values and config values
+    /// whose schema property says `"x-secret": true` become `***`.
     pub fn redacted(&self) -> AgentSpec {
         let mut spec = self.clone();
         for (key, value) in &mut spec.env {
@@ -266,11 +294,37 @@ impl AgentSpec {
                 "***".clone_into(value);
             }
         }
+        if let Some(schema) = &self.config_schema {
+            redact_secrets(schema, &mut spec.config);
+        }
         spec
     }
 }
 
+/// Replaces the values of `config` whose property in `schema` is marked
+/// `"x-secret": true` with `"***"`, through nested objects.
+pub fn redact_secrets(schema: &Value, config: &mut Value) {
+    let (Some(properties), Some(object)) = (
+        schema.get("properties").and_then(Value::as_object),
+        config.as_object_mut(),
+    ) else {
+        return;
+    };
+    for (key, value) in object.iter_mut() {
+        let Some(property) = properties.get(key) else {
+            continue;
+        };
+        if property.get("x-secret").and_then(Value::as_bool) == Some(true) {
+            *value = Value::String("***".to_owned());
+        } else {
+            redact_secrets(property, value);
+        }
+    }
+}
+
 mod validate;
+
+pub use validate::check_config;
 
 #[cfg(test)]
 mod tests;

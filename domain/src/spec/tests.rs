@@ -187,6 +187,9 @@ fn each_rule_names_its_field() {
         ),
         (|s| s.recovery.max_attempts = 0, "recovery.max_attempts"),
         (|s| s.config = json!([1, 2]), "config"),
+        (|s| s.config_schema = Some(json!(true)), "config_schema"),
+        (|s| _ = s.requires.insert("Db".into()), "requires"),
+        (|s| s.package_dir = Some("pkg/a".into()), "package_dir"),
     ];
     for (breaker, field) in cases {
         let mut spec = valid();
@@ -211,4 +214,47 @@ fn redacted_hides_only_secret_values() {
     assert_eq!(shown.env["MODE"], "fast");
     assert_eq!(spec.env["TOKEN"], "hunter2", "the original is untouched");
     assert_eq!(shown.secret_env, spec.secret_env);
+}
+
+#[test]
+fn package_fields_default_for_old_specs_and_are_checked() {
+    // A spec stored before `requires`, `reload`, `config_schema` and
+    // `package_dir` existed still reads, with their defaults.
+    let old: AgentSpec =
+        serde_json::from_value(json!({"agent_type": "t", "command": "sleep"})).expect("old spec");
+    assert_eq!(old.reload, ReloadMode::Control);
+    assert!(old.requires.is_empty() && old.config_schema.is_none() && old.package_dir.is_none());
+    let mut spec = valid();
+    spec.reload = ReloadMode::Sighup;
+    spec.requires.insert("db".into());
+    spec.config_schema = Some(json!({"type": "object"}));
+    spec.package_dir = Some("/srv/agents/web".into());
+    assert_eq!(spec.validate(), Ok(()));
+    let value = serde_json::to_value(&spec).expect("ser");
+    assert_eq!(value["reload"], "sighup");
+    assert_eq!(
+        serde_json::from_value::<AgentSpec>(value).expect("de"),
+        spec
+    );
+    spec.requires.insert("Db".into());
+    assert_eq!(
+        spec.validate().expect_err("bad id").to_string(),
+        "`requires`: agent id `Db` has an upper-case letter at 1: use lowercase letters, digits and '-'"
+    );
+}
+
+#[test]
+fn redacted_hides_config_values_marked_secret_in_the_schema() {
+    let mut spec = valid();
+    spec.config_schema = Some(json!({"type": "object", "properties": {
+        "password": {"type": "string", "x-secret": true},
+        "db": {"type": "object", "properties": {"token": {"x-secret": true}, "host": {}}},
+        "level": {"type": "string"}
+    }}));
+    spec.config = json!({"password": "p", "db": {"token": "t", "host": "h"}, "level": "info"});
+    assert_eq!(
+        spec.redacted().config,
+        json!({"password": "***", "db": {"token": "***", "host": "h"}, "level": "info"})
+    );
+    assert_eq!(spec.config["password"], "p", "the original is untouched");
 }

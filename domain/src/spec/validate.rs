@@ -1,6 +1,8 @@
 //! Value checks serde cannot express: [`AgentSpec::validate`] and the
 //! `validate` of each policy. Each check names the offending field.
 
+use crate::id::AgentId;
+
 use super::{
     AgentSpec, HealthCheck, HealthCheckSpec, HeartbeatSpec, MAX_CPU_PERCENT, MIN_MEMORY_BYTES,
     RecoveryPolicy, ResourceLimits, RestartPolicy, STOP_SIGNALS, SpecError,
@@ -44,7 +46,24 @@ impl AgentSpec {
         )?;
         check(self.config.is_object(), "config", || {
             "must be a JSON object".to_owned()
-        })
+        })?;
+        if let Some(schema) = &self.config_schema {
+            check(schema.is_object(), "config_schema", || {
+                "must be a JSON object (a JSON Schema)".to_owned()
+            })?;
+            check_config(schema, &self.config)?;
+        }
+        for required in &self.requires {
+            AgentId::parse(required).map_err(|e| SpecError::new("requires", e.to_string()))?;
+        }
+        if let Some(dir) = &self.package_dir {
+            check(
+                dir.starts_with('/') && !dir.contains('\0'),
+                "package_dir",
+                || format!("must be an absolute path without NUL, got {dir:?}"),
+            )?;
+        }
+        Ok(())
     }
 
     fn validate_process(&self) -> Result<(), SpecError> {
@@ -86,6 +105,25 @@ impl AgentSpec {
         }
         Ok(())
     }
+}
+
+/// Checks `config` against the JSON Schema `schema`: the first violation,
+/// named by its path (`config.db.port`), or a schema that does not compile
+/// (`config_schema`).
+pub fn check_config(
+    schema: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<(), SpecError> {
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| SpecError::new("config_schema", format!("is not a valid JSON Schema: {e}")))?;
+    let Some(error) = validator.iter_errors(config).next() else {
+        return Ok(());
+    };
+    let field = std::iter::once("config".to_owned())
+        .chain(error.instance_path().iter().map(|s| s.to_string()))
+        .collect::<Vec<_>>()
+        .join(".");
+    Err(SpecError::new(field, error.to_string()))
 }
 
 impl ResourceLimits {

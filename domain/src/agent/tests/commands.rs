@@ -52,6 +52,15 @@ fn register_is_refused_twice_after_deregistration_and_for_bad_specs() {
             .starts_with("invalid spec: `command`: command is a program"),
         "{err}"
     );
+    let mut own = spec();
+    own.requires.insert(agent_id().to_string());
+    let err = run(vec![], register(own.clone())).expect_err("requires itself");
+    assert_eq!(
+        err.to_string(),
+        format!("`requires`: `{}` cannot require itself", agent_id())
+    );
+    let err = run(registered(), AgentCommand::UpdatePackage { spec: own }).expect_err("update");
+    assert!(matches!(err, AgentError::Validation { field, .. } if field == "requires"));
 }
 
 /// One of every command but `Register`.
@@ -239,4 +248,95 @@ fn rollback_makes_an_old_config_current_as_a_new_version() {
             err,
         );
     }
+}
+
+#[test]
+fn configs_must_satisfy_the_schema_on_register_update_rollback_and_new_packages() {
+    let mut with_schema = spec();
+    with_schema.config_schema = Some(json!({
+        "type": "object",
+        "properties": {"port": {"type": "integer", "maximum": 65535}}
+    }));
+    // Register: the initial config is checked.
+    let mut bad = with_schema.clone();
+    bad.config = json!({"port": "http"});
+    let register = |spec| AgentCommand::Register {
+        agent_id: agent_id(),
+        spec,
+    };
+    let err = run(vec![], register(bad)).expect_err("bad initial config");
+    assert_eq!(
+        err.to_string(),
+        "invalid spec: `config.port`: \"http\" is not of type \"integer\""
+    );
+    let given = vec![AgentEvent::AgentRegistered {
+        agent_id: agent_id(),
+        spec: with_schema.clone(),
+    }];
+    // UpdateConfig: refused with the failing path.
+    let update = AgentCommand::UpdateConfig {
+        expected_version: 1,
+        config: json!({"port": 70000}),
+    };
+    refuse(
+        given.clone(),
+        update,
+        AgentError::Validation {
+            field: "config.port".into(),
+            message: "70000 is greater than the maximum of 65535".into(),
+        },
+    );
+    // Rollback to a config the (newer) schema refuses.
+    let mut stricter = with_schema.clone();
+    stricter.config_schema = Some(json!({"type": "object", "required": ["port"]}));
+    let history = with(
+        vec![AgentEvent::AgentRegistered {
+            agent_id: agent_id(),
+            spec: AgentSpec {
+                config: json!({}),
+                ..spec()
+            },
+        }],
+        &[
+            AgentEvent::ConfigUpdated {
+                version: 2,
+                config: json!({"port": 1}),
+                previous_version: 1,
+            },
+            AgentEvent::PackageUpdated {
+                spec: AgentSpec {
+                    config: json!({"port": 1}),
+                    ..stricter.clone()
+                },
+                spec_version: 2,
+            },
+        ],
+    );
+    let err = run(
+        history.clone(),
+        AgentCommand::RollbackConfig { to_version: 1 },
+    )
+    .expect_err("rollback to a refused config");
+    assert!(
+        matches!(&err, AgentError::Validation { field, message } if field == "config" && message == "\"port\" is a required property"),
+        "{err}"
+    );
+    // A new package whose schema the current config does not satisfy.
+    let mut narrower = with_schema;
+    narrower.config_schema =
+        Some(json!({"type": "object", "properties": {"port": {"maximum": 10}}}));
+    narrower.config = json!({"port": 5}); // the package's own config is fine
+    let given = with(
+        given,
+        &[AgentEvent::ConfigUpdated {
+            version: 2,
+            config: json!({"port": 80}),
+            previous_version: 1,
+        }],
+    );
+    let err = run(given, AgentCommand::UpdatePackage { spec: narrower }).expect_err("narrower");
+    assert_eq!(
+        err.to_string(),
+        "`config.port`: 80 is greater than the maximum of 10"
+    );
 }

@@ -1,0 +1,444 @@
+//! Discovery against a real Postgres event store and real directories:
+//! a package dropped into a watched root registers within a second, a
+//! version bump updates the spec, invalid packages are reported and not
+//! registered, removed packages are reported and left registered.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BASE, package, write};
+use opmas_domain::{AgentEvent, Health};
+use opmas_packages::discovery::{Config, Discovery};
+use opmas_store::AgentStore;
+use opmas_testkit::{TestDb, eventually};
+use tokio_util::sync::CancellationToken;
+
+fn config(root: &std::path::Path) -> Config {
+    Config {
+        roots: vec![root.to_path_buf()],
+        environment: "test".into(),
+        rescan_interval: Duration::from_secs(3600),
+        ..Config::default()
+    }
+}
+
+async fn registered(store: &AgentStore, id: &str) -> bool {
+    store
+        .load(id)
+        .await
+        .is_ok_and(|(agent, _)| agent.registered)
+}
+
+async fn event_types(store: &AgentStore, id: &str) -> Vec<&'static str> {
+    store
+        .events(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload.name())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_package_dropped_into_a_watched_root_registers_within_a_second() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    std::fs::create_dir_all(&root).unwrap();
+    package(&root, "early", &BASE.replace("\"web\"", "\"early\""));
+    let cancel = CancellationToken::new();
+    // Rescans are an hour apart: only the start scan and the watcher act.
+    let task = tokio::spawn(Discovery::new(store.clone(), config(&root)).run(cancel.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || registered(&store, "early")).await,
+        "start scan"
+    );
+
+    // Dropped in whole (built elsewhere, renamed in).
+    let staging = package(
+        tmp.path(),
+        "dropped",
+        &BASE.replace("\"web\"", "\"dropped\""),
+    );
+    let dropped_at = Instant::now();
+    std::fs::rename(&staging, root.join("dropped")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || registered(&store, "dropped")).await);
+    eprintln!(
+        "dropped package registered after {:?}",
+        dropped_at.elapsed()
+    );
+
+    // Written in place, file by file: it converges once the files are complete.
+    let dir = root.join("written");
+    write(&dir, &[("bin/web", "#!/bin/sh\n")]);
+    write(
+        &dir,
+        &[("agent.toml", "name = \"written\"\ntype = \"t\"\n")],
+    );
+    write(
+        &dir,
+        &[("agent.toml", &BASE.replace("\"web\"", "\"written\""))],
+    );
+    assert!(eventually(Duration::from_secs(10), || registered(&store, "written")).await);
+
+    // A version bump on disk becomes a PackageUpdated event.
+    write(
+        &dir,
+        &[(
+            "agent.toml",
+            &BASE
+                .replace("\"web\"", "\"written\"")
+                .replace("1.0.0", "1.1.0"),
+        )],
+    );
+    let updated = eventually(Duration::from_secs(10), || async {
+        store
+            .load("written")
+            .await
+            .is_ok_and(|(a, _)| a.spec.is_some_and(|s| s.package_version == "1.1.0"))
+    })
+    .await;
+    assert!(updated, "version bump applied by the watcher");
+    assert_eq!(
+        event_types(&store, "written").await,
+        ["AgentRegistered", "PackageUpdated"]
+    );
+
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn scans_register_update_report_invalid_and_removed_packages() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let web = package(&root, "web", BASE);
+    let workers = package(
+        &root,
+        "workers",
+        &format!(
+            "{}instances = 3\nrequires = [\"web\"]\n",
+            BASE.replace("\"web\"", "\"worker\"")
+        ),
+    );
+    let broken = package(
+        &root,
+        "broken",
+        &format!(
+            "{}[heartbeat]\ninterval = \"5s\"\ntimeout = \"1s\"\n",
+            BASE.replace("\"web\"", "\"broken\"")
+        ),
+    );
+    std::fs::create_dir_all(root.join("notes")).unwrap(); // no manifest: not a package
+    let discovery = Discovery::new(store.clone(), config(&root));
+
+    let report = discovery.scan().await.unwrap();
+    let ids = |entries: &[opmas_packages::report::AgentEntry]| {
+        entries
+            .iter()
+            .map(|e| e.agent_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&report.registered),
+        ["web", "worker-1", "worker-2", "worker-3"]
+    );
+    assert_eq!(report.registered[0].version, "1.0.0");
+    assert_eq!(
+        report.registered[0].package,
+        web.canonicalize().unwrap().to_string_lossy()
+    );
+    assert_eq!(report.invalid.len(), 1);
+    let invalid = &report.invalid[0];
+    assert_eq!(invalid.package, broken.to_string_lossy());
+    assert!(invalid.file.ends_with("broken/agent.toml"));
+    assert_eq!(
+        (invalid.line, invalid.field.as_str()),
+        (Some(7), "heartbeat.timeout")
+    );
+    assert_eq!(
+        invalid.message,
+        "must be at least `heartbeat.interval` (5s), got 1s"
+    );
+    assert!(
+        !registered(&store, "broken").await,
+        "an invalid package registers nothing"
+    );
+    assert!(report.removed.is_empty() && report.updated.is_empty());
+
+    // The registered spec came from the package, with the discovery actor.
+    let events = store.events("worker-2").await.unwrap();
+    let AgentEvent::AgentRegistered { spec, .. } = &events[0].payload else {
+        panic!("{events:?}")
+    };
+    assert_eq!(spec.requires.iter().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(
+        spec.package_dir.as_deref(),
+        Some(&*workers.canonicalize().unwrap().to_string_lossy())
+    );
+    assert_eq!(events[0].metadata["actor"], "discovery");
+
+    // Nothing changed: everything unchanged, no new events.
+    let again = discovery.scan().await.unwrap();
+    assert_eq!(
+        ids(&again.unchanged),
+        ["web", "worker-1", "worker-2", "worker-3"]
+    );
+    assert!(again.registered.is_empty() && again.updated.is_empty());
+    assert_eq!(event_types(&store, "web").await, ["AgentRegistered"]);
+
+    // An edit without a version bump is reported, not applied.
+    write(&web, &[("agent.toml", &format!("{BASE}args = [\"-v\"]\n"))]);
+    let edited = discovery.scan().await.unwrap();
+    assert_eq!(edited.unapplied.len(), 1);
+    assert_eq!(
+        edited.unapplied[0].message,
+        "agent.toml changed but `version` is still `1.0.0`: bump it to apply the change"
+    );
+    assert_eq!(event_types(&store, "web").await, ["AgentRegistered"]);
+
+    // A version bump updates the spec as an event.
+    write(
+        &web,
+        &[(
+            "agent.toml",
+            &format!("{}args = [\"-v\"]\n", BASE.replace("1.0.0", "1.1.0")),
+        )],
+    );
+    let bumped = discovery.scan().await.unwrap();
+    assert_eq!(bumped.updated.len(), 1);
+    let u = &bumped.updated[0];
+    assert_eq!(
+        (
+            u.agent_id.as_str(),
+            u.from_version.as_str(),
+            u.to_version.as_str()
+        ),
+        ("web", "1.0.0", "1.1.0")
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    let spec = agent.spec.unwrap();
+    assert_eq!(
+        (
+            agent.spec_version,
+            spec.package_version.as_str(),
+            spec.args.clone()
+        ),
+        (2, "1.1.0", vec!["-v".to_owned()])
+    );
+
+    // A registered package turning invalid: reported, recorded once on the agent, spec kept.
+    write(
+        &web,
+        &[(
+            "agent.toml",
+            &format!(
+                "{}[stop]\nsignal = \"SIGSTOP\"\n",
+                BASE.replace("1.0.0", "1.2.0")
+            ),
+        )],
+    );
+    for _ in 0..2 {
+        let report = discovery.scan().await.unwrap();
+        assert_eq!(
+            report
+                .invalid
+                .iter()
+                .map(|i| i.field.as_str())
+                .collect::<Vec<_>>(),
+            ["heartbeat.timeout", "stop.signal"]
+        );
+        assert!(
+            report.removed.is_empty(),
+            "an invalid package is not a removed one"
+        );
+    }
+    assert_eq!(
+        event_types(&store, "web").await,
+        ["AgentRegistered", "PackageUpdated", "ErrorRecorded"]
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    assert_eq!(agent.spec.unwrap().package_version, "1.1.0");
+    assert!(
+        agent
+            .last_error
+            .unwrap()
+            .contains("`stop.signal`: unknown signal `SIGSTOP`")
+    );
+
+    // A package moved to another directory (same agents) is taken over there.
+    let moved = root.join("web-moved");
+    std::fs::rename(&web, &moved).unwrap();
+    write(
+        &moved,
+        &[(
+            "agent.toml",
+            &format!("{}args = [\"-v\"]\n", BASE.replace("1.0.0", "1.1.0")),
+        )],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(report.updated.len(), 1, "{report:?}");
+    assert!(
+        report.removed.is_empty() && report.invalid.len() == 1,
+        "{report:?}"
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    let spec = agent.spec.unwrap();
+    let moved = moved.canonicalize().unwrap().to_string_lossy().into_owned();
+    assert_eq!(spec.package_dir.as_deref(), Some(moved.as_str()));
+    assert_eq!(spec.command, format!("{moved}/bin/web"));
+
+    // A removed package is reported; its agents stay registered.
+    std::fs::remove_dir_all(&workers).unwrap();
+    let report = discovery.scan().await.unwrap();
+    let removed: Vec<&str> = report.removed.iter().map(|r| r.agent_id.as_str()).collect();
+    assert_eq!(removed, ["worker-1", "worker-2", "worker-3"]);
+    let (agent, _) = store.load("worker-1").await.unwrap();
+    assert!(agent.registered && !agent.deregistered);
+    assert_eq!(agent.health, Health::Unknown);
+    assert_eq!(event_types(&store, "worker-1").await, ["AgentRegistered"]);
+
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let named = |name: &str, extra: &str| {
+        format!("{}{extra}", BASE.replace("\"web\"", &format!("\"{name}\"")))
+    };
+    package(&root, "a", &named("a", "requires = [\"b\"]\n"));
+    package(&root, "b", &named("b", "requires = [\"c\"]\n"));
+    package(&root, "c", &named("c", "requires = [\"a\"]\n"));
+    package(&root, "d", &named("d", "requires = [\"e\"]\n")); // e is not a package: external
+    package(&root, "d-copy", &named("d", ""));
+    package(&root, "taken", &named("taken", ""));
+    let elsewhere = package(tmp.path(), "elsewhere", &named("elsewhere", ""));
+    std::os::unix::fs::symlink(&elsewhere, root.join("elsewhere")).unwrap();
+    // `taken` was registered through the API (no package).
+    store
+        .execute(
+            "taken",
+            opmas_testkit::register("taken"),
+            opmas_testkit::meta("admin"),
+        )
+        .await
+        .unwrap();
+    // So was `x`, which requires `y`: a package `y` requiring `x` closes a cycle.
+    let mut x = opmas_testkit::spec();
+    x.requires.insert("y".into());
+    let register_x = opmas_domain::AgentCommand::Register {
+        agent_id: "x".parse().unwrap(),
+        spec: x,
+    };
+    store
+        .execute("x", register_x, opmas_testkit::meta("admin"))
+        .await
+        .unwrap();
+    package(&root, "y", &named("y", "requires = [\"x\"]\n"));
+
+    let report = Discovery::new(store.clone(), config(&root))
+        .scan()
+        .await
+        .unwrap();
+    let registered_ids: Vec<&str> = report
+        .registered
+        .iter()
+        .map(|e| e.agent_id.as_str())
+        .collect();
+    assert_eq!(registered_ids, ["d"]);
+    let by_package = |name: &str| {
+        report
+            .invalid
+            .iter()
+            .find(|i| i.package.ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("{name}: {report:?}"))
+    };
+    for name in ["a", "b", "c"] {
+        let i = by_package(name);
+        assert_eq!((i.field.as_str(), i.line), ("requires", Some(5)));
+        assert_eq!(i.message, "`requires` forms a cycle: a -> b -> c -> a");
+        assert!(!registered(&store, name).await);
+    }
+    assert_eq!(
+        by_package("y").message,
+        "`requires` forms a cycle: x -> y -> x"
+    );
+    assert!(!registered(&store, "y").await);
+    assert!(
+        by_package("d-copy")
+            .message
+            .starts_with("agent id `d` is already defined by the package in `")
+    );
+    assert_eq!(
+        by_package("taken").message,
+        "agent `taken` is already registered from the API (no package): rename this package"
+    );
+    assert!(
+        by_package("elsewhere")
+            .message
+            .starts_with("is a symlink to `"),
+        "{report:?}"
+    );
+    assert!(!registered(&store, "elsewhere").await);
+    assert_eq!(
+        event_types(&store, "taken").await,
+        ["AgentRegistered"],
+        "a foreign agent is left alone"
+    );
+    db.cleanup().await;
+}
+
+/// A new package version whose schema the agent's current config (changed
+/// through the API since) does not satisfy is refused, naming the path; the
+/// agent keeps its spec.
+#[tokio::test]
+async fn a_new_version_the_current_config_does_not_satisfy_is_refused() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let schema = |max: u32| {
+        format!(
+            "[config]\nschema = {{ type = \"object\", properties = {{ port = {{ type = \"integer\", maximum = {max}, default = 1 }} }} }}\n"
+        )
+    };
+    let web = package(&root, "web", &format!("{BASE}{}", schema(65535)));
+    let discovery = Discovery::new(store.clone(), config(&root));
+    assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
+    let update = opmas_domain::AgentCommand::UpdateConfig {
+        expected_version: 1,
+        config: serde_json::json!({"port": 8080}),
+    };
+    store
+        .execute("web", update, opmas_testkit::meta("operator"))
+        .await
+        .unwrap();
+
+    write(
+        &web,
+        &[(
+            "agent.toml",
+            &format!("{}{}", BASE.replace("1.0.0", "2.0.0"), schema(1024)),
+        )],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    let invalid = &report.invalid[0];
+    assert_eq!(
+        (invalid.field.as_str(), invalid.message.as_str()),
+        ("config.port", "8080 is greater than the maximum of 1024")
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    assert_eq!(agent.spec.unwrap().package_version, "1.0.0");
+    db.cleanup().await;
+}
