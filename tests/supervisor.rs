@@ -1250,3 +1250,74 @@ async fn requires_chain_starts_each_agent_after_its_requirement_is_healthy() {
     cache_beats.cancel();
     h.finish().await;
 }
+
+/// A config change reaches a running agent as its spec's `reload` says:
+/// SIGHUP, after which it re-reads `OPMAS_AGENT_CONFIG_FILE` (same
+/// process), or a restart (a new process started with the new config).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_changes_reach_running_agents_by_sighup_or_restart() {
+    let h = Harness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    let mut spec = sh(&format!(
+        "trap 'cat \"$OPMAS_AGENT_CONFIG_FILE\" > {}' HUP; while true; do sleep 0.1; done",
+        seen.display()
+    ));
+    spec.reload = opmas_domain::ReloadMode::Sighup;
+    h.register("hup", spec).await;
+    h.command("hup", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("hup", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let pid = agent.pid.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let sh install its trap
+    h.command(
+        "hup",
+        AgentCommand::UpdateConfig {
+            expected_version: agent.config_version,
+            config: serde_json::json!({"level": "debug"}),
+        },
+    )
+    .await;
+    let seen2 = seen.clone();
+    let reloaded = eventually(Duration::from_secs(10), || {
+        let seen = seen2.clone();
+        async move { std::fs::read_to_string(&seen).is_ok_and(|s| s.contains("\"debug\"")) }
+    })
+    .await;
+    assert!(reloaded, "the agent never read the new config after SIGHUP");
+    assert_eq!(
+        h.agent("hup").await.pid,
+        Some(pid),
+        "SIGHUP reload restarted it"
+    );
+
+    let mut spec = sh("exec sleep 1000");
+    spec.reload = opmas_domain::ReloadMode::Restart;
+    h.register("rst", spec).await;
+    h.command("rst", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("rst", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let old = agent.pid.unwrap();
+    h.command(
+        "rst",
+        AgentCommand::UpdateConfig {
+            expected_version: agent.config_version,
+            config: serde_json::json!({"level": "debug"}),
+        },
+    )
+    .await;
+    let restarted = h
+        .wait_for("rst", "restarted with the new config", |a| {
+            a.status == ProcessStatus::Running && a.pid.is_some_and(|p| p != old)
+        })
+        .await;
+    assert!(!alive(old));
+    let env = std::fs::read(format!("/proc/{}/environ", restarted.pid.unwrap())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&env).contains(r#"OPMAS_AGENT_CONFIG={"level":"debug"}"#),
+        "the new process has the new config"
+    );
+    h.finish().await;
+}

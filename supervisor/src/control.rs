@@ -26,11 +26,20 @@ pub async fn request(
     action: ControlAction,
     timeout: Duration,
 ) -> Result<ControlReply, ControlError> {
-    let body = serde_json::to_vec(&ControlRequest {
-        action,
-        config: None,
-    })
-    .map_err(|e| ControlError::Failed(e.to_string()))?;
+    request_with(client, prefix, agent, action, None, timeout).await
+}
+
+/// [`request`] carrying a config (for `reload`).
+pub async fn request_with(
+    client: &async_nats::Client,
+    prefix: &str,
+    agent: &str,
+    action: ControlAction,
+    config: Option<serde_json::Value>,
+    timeout: Duration,
+) -> Result<ControlReply, ControlError> {
+    let body = serde_json::to_vec(&ControlRequest { action, config })
+        .map_err(|e| ControlError::Failed(e.to_string()))?;
     let subject = format!("{prefix}.{agent}");
     let reply = tokio::time::timeout(timeout, client.request(subject, body.into()))
         .await

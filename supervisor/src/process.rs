@@ -36,6 +36,29 @@ impl Exit {
     }
 }
 
+/// Writes the agent's config to `<dir>/config.json` (mode 0600: it may hold
+/// secrets), atomically, and returns the path.
+pub(crate) fn write_config_file(
+    dir: &std::path::Path,
+    config: &serde_json::Value,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("config.json");
+    let tmp = dir.join(".config.json.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(config.to_string().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 /// A live agent process this supervisor is responsible for.
 pub(crate) struct Proc {
     pub identity: ProcessIdentity,
@@ -90,8 +113,16 @@ impl Proc {
                 "OPMAS_HEARTBEAT_SUBJECT".to_string(),
                 format!("{}.{agent_id}", config.heartbeat_prefix),
             ),
-            // The agent's own configuration as JSON (the SDK reads it).
+            // The agent's own configuration as JSON (the SDK reads it), and
+            // a file with it that is rewritten before each SIGHUP reload.
             ("OPMAS_AGENT_CONFIG".to_string(), spec.config.to_string()),
+            (
+                "OPMAS_AGENT_CONFIG_FILE".to_string(),
+                write_config_file(&dir, &spec.config)
+                    .map_err(io_err)?
+                    .display()
+                    .to_string(),
+            ),
         ]);
         let cgroup = cgroups
             .map(|c| {

@@ -62,6 +62,8 @@ pub(crate) struct Worker {
     last_spawn_error: Option<String>,
     /// Required agents not yet healthy, as last reported.
     waiting: Vec<String>,
+    /// The config the running process has (from its start or last reload).
+    applied_config: Option<serde_json::Value>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -84,6 +86,7 @@ impl Worker {
             failed_retry_at: None,
             last_spawn_error: None,
             waiting: Vec::new(),
+            applied_config: None,
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -162,7 +165,10 @@ impl Worker {
         self.kill_overdue();
         match agent.status {
             ProcessStatus::Starting | ProcessStatus::Backoff => self.ensure_started(&agent).await,
-            ProcessStatus::Running | ProcessStatus::Degraded => self.ensure_watched(&agent).await,
+            ProcessStatus::Running | ProcessStatus::Degraded => {
+                self.ensure_watched(&agent).await;
+                self.apply_config(&agent).await;
+            }
             ProcessStatus::Stopping => self.ensure_stopping(&agent).await,
             ProcessStatus::Failed => {
                 self.begin_stop(&agent);
@@ -351,6 +357,9 @@ impl Worker {
     /// Takes charge of a process: its exit, its output.
     fn watch(&mut self, proc: Proc, spec: &AgentSpec, log_offsets: Option<[u64; 2]>) {
         self.pid.store(proc.identity.pid, Ordering::Relaxed);
+        // A spawned process got this config; an adopted one is assumed to
+        // have it (what it was given is not recorded).
+        self.applied_config = Some(spec.config.clone());
         self.shared
             .metrics
             .watch(&self.id, proc.identity.pid, spec.limits.clone());
@@ -627,30 +636,91 @@ impl Worker {
         true
     }
 
+    /// Gives a running process the agent's current config when it changed
+    /// (a config update or rollback, or a new package version), as its spec's
+    /// `reload` says: a control request carrying the config (SIGHUP when the
+    /// agent does not answer), SIGHUP (the agent re-reads
+    /// `OPMAS_AGENT_CONFIG_FILE`), or a restart. A refusal is recorded as an
+    /// error and not retried until the config changes again.
+    async fn apply_config(&mut self, agent: &Agent) {
+        let Some(spec) = &agent.spec else { return };
+        let Some(proc) = &self.proc else { return };
+        if proc.stopping() || self.applied_config.as_ref() == Some(&spec.config) {
+            return;
+        }
+        self.applied_config = Some(spec.config.clone());
+        if let Err(err) = crate::process::write_config_file(
+            &self.shared.config.log_dir.join(&self.id),
+            &spec.config,
+        ) {
+            warn!(agent_id = %self.id, error = %err, "cannot write the config file");
+        }
+        let outcome = match spec.reload {
+            opmas_domain::ReloadMode::Control => self.reload_with(Some(spec.config.clone())).await,
+            opmas_domain::ReloadMode::Sighup => self.sighup(),
+            opmas_domain::ReloadMode::Restart => {
+                info!(agent_id = %self.id, "config changed: restarting to apply it");
+                match self.report(AgentCommand::Restart).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                info!(agent_id = %self.id, version = agent.config_version, "config applied")
+            }
+            Err(message) => {
+                warn!(agent_id = %self.id, error = %message, "config not applied");
+                let _ = self
+                    .report(AgentCommand::RecordError {
+                        severity: Severity::Error,
+                        category: "config".into(),
+                        error_type: "ReloadFailed".into(),
+                        message: format!(
+                            "config version {} not applied by the running process: {message}",
+                            agent.config_version
+                        ),
+                        context: serde_json::json!({ "config_version": agent.config_version }),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// SIGHUP to the agent's main process.
+    fn sighup(&self) -> Result<(), String> {
+        let pid = self.pid.load(Ordering::Relaxed);
+        let pid = i32::try_from(pid).map_err(|e| e.to_string())?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map_err(|e| format!("SIGHUP to {pid}: {e}"))
+    }
+
     /// Asks the agent to reload over the control subject; an agent that does
     /// not speak it gets SIGHUP.
     async fn reload(&mut self) -> Result<(), String> {
+        self.reload_with(None).await
+    }
+
+    /// A reload control request, with `config` when there is a new one.
+    async fn reload_with(&mut self, new_config: Option<serde_json::Value>) -> Result<(), String> {
         let config = &self.shared.config;
-        let answer = crate::control::request(
+        let answer = crate::control::request_with(
             &self.shared.client,
             &config.control_prefix,
             &self.id,
             ControlAction::Reload,
+            new_config,
             Duration::from_secs(2),
         )
         .await;
         match answer {
             Ok(reply) if reply.ok => Ok(()),
             Ok(reply) => Err(reply.message.unwrap_or_else(|| "reload refused".into())),
-            Err(ControlError::NoResponder) => {
-                let pid = self.pid.load(Ordering::Relaxed);
-                let pid = i32::try_from(pid).map_err(|e| e.to_string())?;
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGHUP,
-                )
-                .map_err(|e| format!("SIGHUP to {pid}: {e}"))
-            }
+            Err(ControlError::NoResponder) => self.sighup(),
             Err(err) => Err(err.to_string()),
         }
     }

@@ -8,6 +8,9 @@
 mod harness;
 
 use std::io::Write;
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use harness::*;
 use opmas_domain::telemetry::{Heartbeat, LogLevel, LogLine};
@@ -150,6 +153,67 @@ async fn log_watcher_reports_findings_and_reloads_without_restart() {
     );
     let pong = h.control(&id, json!({"action": "ping"})).await;
     assert!(pong.ok);
+
+    // A config update through the event store reaches the running agent:
+    // the supervisor sends it in a reload control request. Same process.
+    let third_subject = format!("{}.findings3", h.tag);
+    let mut third_sub = h.subscribe(third_subject.clone()).await;
+    let current = h.agent(&id).await;
+    let mut updated = current.spec.clone().unwrap().config;
+    updated["findings_subject"] = json!(third_subject);
+    h.command(
+        &id,
+        AgentCommand::UpdateConfig {
+            expected_version: current.config_version,
+            config: updated.clone(),
+        },
+    )
+    .await;
+    // Findings go to the new subject once the reload is through; keep
+    // appending until one arrives there.
+    let arrived = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut n = 10;
+        loop {
+            n += 1;
+            append(
+                &auth,
+                &format!("Nov 29 00:00:{n} host sshd[{n}]: Invalid user u{n} from 198.51.100.{n} port {n}"),
+            );
+            if let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_millis(500), third_sub.next()).await
+            {
+                break serde_json::from_slice::<Value>(&msg.payload).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the updated config never reached the agent");
+    assert_eq!(arrived["rule"], "ssh_invalid_user");
+    assert_eq!(
+        h.agent(&id).await.pid,
+        Some(pid),
+        "the config update restarted the agent"
+    );
+    // A config the agent refuses is recorded as an error, the process keeps running.
+    let current = h.agent(&id).await;
+    let mut bad = updated;
+    bad["poll_ms"] = json!(0);
+    h.command(
+        &id,
+        AgentCommand::UpdateConfig {
+            expected_version: current.config_version,
+            config: bad,
+        },
+    )
+    .await;
+    let refused = h
+        .wait_for(&id, "reload refusal recorded", |a| {
+            a.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not applied"))
+        })
+        .await;
+    assert_eq!(refused.pid, Some(pid));
 
     stop_gracefully(&h, &id, pid).await;
     h.finish().await;
