@@ -269,6 +269,9 @@ pub struct PackageArgs {
     /// also picked up at once by watching the roots).
     #[arg(long, env = "OPMAS_PACKAGE_RESCAN", default_value = "60s", value_parser = humantime::parse_duration)]
     pub package_rescan: Duration,
+    /// Start the agents discovery registers (default in `opmas dev`).
+    #[arg(long, env = "OPMAS_AUTOSTART")]
+    pub autostart: bool,
 }
 
 impl PackageArgs {
@@ -282,6 +285,7 @@ impl PackageArgs {
                 .filter(|(k, _)| k.starts_with("OPMAS_AGENT_"))
                 .collect(),
             rescan_interval: self.package_rescan,
+            autostart: self.autostart,
             ..opmas_packages::discovery::Config::default()
         }
     }

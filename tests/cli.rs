@@ -21,12 +21,50 @@ fn opmas() -> tokio::process::Command {
     cmd
 }
 
+/// Copies the example shell agent's package into a fresh package root.
+fn example_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let from =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agents/shell-ticker");
+    let to = root.path().join("shell-ticker");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&from)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    root
+}
+
+/// The status of `agent` through the API `opmas dev` printed.
+async fn dev_agent(text: &str, agent: &str) -> Option<serde_json::Value> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let (api, token) = (field("api:")?, field("token:")?);
+    let resp = reqwest::Client::new()
+        .get(format!("{api}/agents/{agent}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
 /// `opmas dev` with nothing configured starts its own PostgreSQL and
-/// nats-server in the data directory, says it is ready, and on Ctrl-C stops
-/// both and exits 0. A second start reuses the data directory.
+/// nats-server in the data directory, says it is ready, discovers, registers
+/// and starts the packages of its package roots, and on Ctrl-C stops both
+/// servers and exits 0, leaving the agents running. A second start reuses
+/// the data directory and adopts the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
+    let packages = example_root();
+    let mut agent_pid: Option<i64> = None;
     // PostgreSQL runs as `postgres` when we are root: let it in.
     std::fs::set_permissions(
         dir.path(),
@@ -38,6 +76,8 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
             .arg("dev")
             .arg("--data-dir")
             .arg(dir.path())
+            .arg("--package-root")
+            .arg(packages.path())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -59,6 +99,24 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
         assert!(text.contains("opmas dev ready"), "{text}");
         assert!(text.contains("postgres://opmas@127.0.0.1:"), "{text}");
         assert!(text.contains("nats://127.0.0.1:"), "{text}");
+        // The example package: registered and started (round 0), still the
+        // same process, adopted (round 1).
+        let mut last = None;
+        for _ in 0..300 {
+            last = dev_agent(&text, "shell-ticker").await;
+            if last.as_ref().is_some_and(|a| a["status"] == "running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let agent = last.unwrap_or_default();
+        assert_eq!(agent["status"], "running", "round {round}: {agent}");
+        let pid = agent["pid"].as_i64().unwrap();
+        assert_eq!(
+            *agent_pid.get_or_insert(pid),
+            pid,
+            "round {round}: started twice"
+        );
         let pid = child.id().unwrap().to_string();
         let status = tokio::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -74,6 +132,9 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
         let pid_file = dir.path().join("postgres/data/postmaster.pid");
         assert!(!pid_file.exists(), "round {round}: postgres still running");
         assert!(dir.path().join("nats/jetstream").exists());
+    }
+    if let Some(pid) = agent_pid {
+        let _ = opmas_supervisor::signal::group(pid as u32, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

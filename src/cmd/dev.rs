@@ -36,7 +36,11 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         relay: args.relay.clone(),
         supervisor: args.supervisor.clone(),
         projector: args.projector.clone(),
-        packages: args.packages.clone(),
+        // `opmas dev` starts what it discovers: the first run shows agents running.
+        packages: crate::cli::PackageArgs {
+            autostart: true,
+            ..args.packages.clone()
+        },
     };
     let (tasks, addr) = super::serve::start(global, &serve, pool.clone(), client, &cancel).await?;
     let token = opmas_api::auth::tokens::create(

@@ -84,10 +84,13 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
     {
         return Err(SpawnError::NoWorkingDir(dir.display().to_string()));
     }
+    // The spec's PATH, else the supervisor's own (a service manager sets
+    // one), else a minimal one.
     let path_var = spec
         .env
         .get("PATH")
         .cloned()
+        .or_else(|| std::env::var("PATH").ok().filter(|p| !p.is_empty()))
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
     let program = resolve(&spec.command, workdir.as_deref(), &path_var)?;
     let mut cmd = Command::new(&program);

@@ -39,6 +39,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Actor recorded in the events discovery causes.
     pub actor: String,
+    /// Start the agents a scan registers (`opmas dev` does).
+    pub autostart: bool,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             rescan_interval: Duration::from_secs(60),
             debounce: Duration::from_millis(150),
             actor: "discovery".to_owned(),
+            autostart: false,
         }
     }
 }

@@ -87,6 +87,20 @@ pub(super) async fn apply(
     report_invalid(store, &existing, memo, &found.invalid, &mut report, &meta).await;
     report_removed(&existing, memo, &found, &defined, &mut report);
     report.sort();
+    if config.autostart {
+        // Agents registered by this scan are started (`requires` still
+        // orders them: the supervisor holds each until its requirements are
+        // healthy). Agents registered earlier keep the state they are in.
+        for entry in &report.registered {
+            let reason = format!("autostart of discovered package {}", entry.package);
+            if let Err(e) = store
+                .execute(&entry.agent_id, AgentCommand::Start, meta(reason))
+                .await
+            {
+                warn!(agent_id = %entry.agent_id, error = %e, "cannot start discovered agent");
+            }
+        }
+    }
     Ok(report)
 }
 
