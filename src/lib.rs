@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod infra;
+pub mod scaffold;
 pub mod telemetry;
 
 use std::process::ExitCode;

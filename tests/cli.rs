@@ -24,6 +24,20 @@ fn opmas() -> tokio::process::Command {
 /// Copies the example shell agent's package into a fresh package root.
 fn example_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
+    // and a package made from the shell template, as is
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_opmas"))
+        .args([
+            "agents",
+            "new",
+            "scaffolded",
+            "--template",
+            "shell",
+            "--dir",
+        ])
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
     let from =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agents/shell-ticker");
     let to = root.path().join("shell-ticker");
@@ -65,6 +79,7 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let packages = example_root();
     let mut agent_pid: Option<i64> = None;
+    let mut made_pids = Vec::new();
     // PostgreSQL runs as `postgres` when we are root: let it in.
     std::fs::set_permissions(
         dir.path(),
@@ -117,6 +132,20 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
             pid,
             "round {round}: started twice"
         );
+        let mut made = None;
+        for _ in 0..100 {
+            made = dev_agent(&text, "scaffolded").await;
+            if made.as_ref().is_some_and(|a| a["status"] == "running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let made = made.unwrap_or_default();
+        assert_eq!(
+            made["status"], "running",
+            "round {round}: the shell template: {made}"
+        );
+        made_pids.push(made["pid"].as_i64().unwrap());
         let pid = child.id().unwrap().to_string();
         let status = tokio::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -133,7 +162,7 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
         assert!(!pid_file.exists(), "round {round}: postgres still running");
         assert!(dir.path().join("nats/jetstream").exists());
     }
-    if let Some(pid) = agent_pid {
+    for pid in agent_pid.into_iter().chain(made_pids) {
         let _ = opmas_supervisor::signal::group(pid as u32, nix::sys::signal::Signal::SIGKILL);
     }
 }
@@ -278,4 +307,61 @@ async fn events_verify_reports_and_repairs() {
     );
     delete_stream(&client, &settings).await;
     db.cleanup().await;
+}
+
+/// `opmas agents new` makes packages that pass validation: the shell one as
+/// is (it runs under `opmas dev` in the dev test), the Rust one once built
+/// (its program is compiled with the SDK as `sdk/examples/template_agent.rs`);
+/// a bad name or an existing directory is refused with the reason.
+#[tokio::test]
+async fn agents_new_makes_valid_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, template) in [("made-shell", "shell"), ("made-rust", "rust")] {
+        let out = opmas()
+            .args(["agents", "new", name, "--template", template, "--dir"])
+            .arg(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("package {name} created")));
+    }
+    // The Rust package's program is what `cargo build --release` makes.
+    let program = dir.path().join("made-rust/target/release/made-rust");
+    std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_opmas"), &program).unwrap();
+    let vars = std::collections::BTreeMap::new();
+    for name in ["made-shell", "made-rust"] {
+        let package = opmas_packages::Package::load(
+            &dir.path().join(name),
+            opmas_packages::Context {
+                environment: "development",
+                vars: &vars,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(package.name, name);
+        let (id, spec) = &package.agents[0];
+        assert_eq!(id.as_str(), name);
+        assert_eq!(spec.config["every_secs"], 10, "config from base.toml");
+    }
+    let out = opmas()
+        .args(["agents", "new", "Bad_Name", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot name an agent"));
+    let out = opmas()
+        .args(["agents", "new", "made-shell", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }

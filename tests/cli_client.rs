@@ -647,3 +647,44 @@ async fn logs_and_events_tail_through_the_cli() {
     );
     stack.cleanup().await;
 }
+
+/// `opmas agents discover` scans the server's package roots and prints
+/// what changed; without roots the server's refusal is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let stack = ApiStack::start_with(opmas_testkit::api::StackOptions {
+        package_roots: vec![root.path().to_path_buf()],
+        ..Default::default()
+    })
+    .await;
+    let out = opmas()
+        .args(["agents", "new", "found", "--dir"])
+        .arg(root.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::create_dir_all(root.path().join("broken")).unwrap();
+    std::fs::write(root.path().join("broken/agent.toml"), "name = 42\n").unwrap();
+    let r = admin(&stack, &["agents", "discover"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("registered  found"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("invalid") && r.stdout.contains("broken/agent.toml:1"),
+        "{}",
+        r.stdout
+    );
+    let again = json_of(&stack, &["agents", "discover"]).await;
+    assert_eq!(again["unchanged"][0]["agent_id"], "found", "{again}");
+    stack.cleanup().await;
+
+    let plain = ApiStack::start().await;
+    let r = admin(&plain, &["agents", "discover"]).await;
+    assert!(
+        !r.ok && r.stderr.contains("DISCOVERY_NOT_CONFIGURED"),
+        "{}",
+        r.stderr
+    );
+    plain.cleanup().await;
+}

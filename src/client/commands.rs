@@ -51,6 +51,19 @@ pub enum AgentsCommand {
     Recover(RecoverArgs),
     /// Remove the agent (stops it first).
     Deregister(LifecycleArgs),
+    /// Make a new package from a template (no server needed).
+    New {
+        /// The package's name (and its agent's id).
+        name: String,
+        /// shell: a POSIX script; rust: a program on the OPMAS SDK.
+        #[arg(long, value_enum, default_value = "shell")]
+        template: crate::scaffold::Template,
+        /// Directory to create the package in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Scan the server's package roots now and report what changed.
+    Discover,
     /// The agent's events (its audit trail), oldest first.
     Events {
         /// The agent.
@@ -320,8 +333,34 @@ fn read_document(path: &PathBuf, what: &str) -> anyhow::Result<Value> {
 
 /// Runs `opmas agents ...`.
 pub async fn agents(args: &AgentsArgs) -> anyhow::Result<ExitCode> {
+    if let AgentsCommand::New {
+        name,
+        template,
+        dir,
+    } = &args.command
+    {
+        let path = crate::scaffold::scaffold(name, *template, dir)?;
+        let build = match template {
+            crate::scaffold::Template::Rust => format!(
+                "\n  build it:  (cd {} && cargo build --release)",
+                path.display()
+            ),
+            crate::scaffold::Template::Shell => String::new(),
+        };
+        println_out(&format!(
+            "package {name} created in {}{build}\n  run it:    put it under a package root (opmas serve|dev --package-root {}), then opmas agents start {name}",
+            path.display(),
+            dir.display()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::from_args(&args.client)?;
     match &args.command {
+        AgentsCommand::New { .. } => unreachable!("handled above"),
+        AgentsCommand::Discover => {
+            let v = client.post("/agents/discover", &json!({})).await?;
+            emit(&client, &v, render::scan_report)?;
+        }
         AgentsCommand::Ls(l) => {
             let mut q = vec![
                 ("limit", l.limit.to_string()),

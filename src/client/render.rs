@@ -135,3 +135,45 @@ pub fn log_line(l: &Value) -> String {
         l["line"].as_str().unwrap_or_default()
     )
 }
+
+/// A discovery scan's report, a line per agent or package.
+pub fn scan_report(v: &Value) -> String {
+    let mut out = Vec::new();
+    let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    for a in list("registered") {
+        out.push(format!(
+            "registered  {} ({} {})",
+            cell(&a["agent_id"]),
+            cell(&a["package"]),
+            cell(&a["version"])
+        ));
+    }
+    for a in list("updated") {
+        out.push(format!(
+            "updated     {} ({} -> {})",
+            cell(&a["agent_id"]),
+            cell(&a["from_version"]),
+            cell(&a["to_version"])
+        ));
+    }
+    for a in list("unapplied") {
+        out.push(format!(
+            "unapplied   {}: {}",
+            cell(&a["agent_id"]),
+            cell(&a["message"])
+        ));
+    }
+    for p in list("invalid") {
+        out.push(format!("invalid     {}", cell(&p["error"])));
+    }
+    for a in list("removed") {
+        out.push(format!(
+            "removed     {} (package {} is gone; still registered)",
+            cell(&a["agent_id"]),
+            cell(&a["package"])
+        ));
+    }
+    let unchanged = list("unchanged").len();
+    out.push(format!("{unchanged} unchanged"));
+    out.join("\n")
+}
