@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod list_cache;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
@@ -84,6 +85,7 @@ struct Inner {
     metrics: metrics::Metrics,
     live: tokio::sync::OnceCell<tokio::sync::broadcast::Sender<Arc<live::Outgoing>>>,
     tokens: auth::tokens::TokenCache,
+    lists: list_cache::ListCache,
     discovery: std::sync::OnceLock<opmas_packages::Discovery>,
 }
 
@@ -107,6 +109,7 @@ impl AppState {
             metrics: metrics::Metrics::new(),
             live: tokio::sync::OnceCell::new(),
             tokens: auth::tokens::TokenCache::default(),
+            lists: list_cache::ListCache::default(),
             discovery: std::sync::OnceLock::new(),
             config,
         }))
@@ -143,6 +146,11 @@ impl AppState {
 
     pub fn jwt(&self) -> &JwtVerifier {
         &self.0.config.jwt
+    }
+
+    /// Answers of the agent list, by query (see [`list_cache`]).
+    pub fn list_cache(&self) -> &list_cache::ListCache {
+        &self.0.lists
     }
 
     /// Recently verified API tokens.

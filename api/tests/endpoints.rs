@@ -939,3 +939,114 @@ async fn health_readiness_and_metrics() {
     );
     t.stack.cleanup().await;
 }
+
+/// The agent list is answered from its cache only while the read models
+/// are unchanged: a change of a status row (which always raises its
+/// sequence) or of a live heartbeat shows at once; a row changed without a
+/// new sequence (which the projector never does) proves the cache is used.
+#[tokio::test]
+async fn cached_agent_list_is_never_stale() {
+    let t = T::new().await;
+    let v = t.register("cached").await;
+    t.projected("cached", v["sequence"].as_i64().unwrap()).await;
+    let status_of = |v: &Value| v["items"][0]["status"].as_str().unwrap_or("-").to_string();
+    let pool = &t.stack.db.pool;
+
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents", None).await;
+    assert_eq!(status_of(&v), "registered");
+    sqlx::query("update agent_status set status = 'changed', last_sequence = last_sequence + 1 where agent_id = 'cached'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents", None).await;
+    assert_eq!(status_of(&v), "changed", "a new sequence is seen at once");
+
+    sqlx::query("insert into agent_heartbeats (agent_id, last_seen) values ('cached', '2030-01-01T00:00:00Z')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents", None).await;
+    assert_eq!(
+        v["items"][0]["last_heartbeat_at"], "2030-01-01T00:00:00Z",
+        "a live heartbeat is seen at once"
+    );
+
+    // Within one second and without a new sequence, the cached answer stands.
+    let mut proved = false;
+    for round in 0..10 {
+        let before = chrono::Utc::now().timestamp();
+        let (_, v) = t.admin(Method::GET, "/api/v1/agents", None).await;
+        let shown = status_of(&v);
+        sqlx::query("update agent_status set status = $1 where agent_id = 'cached'")
+            .bind(format!("quiet-{round}"))
+            .execute(pool)
+            .await
+            .unwrap();
+        let (_, v) = t.admin(Method::GET, "/api/v1/agents", None).await;
+        if chrono::Utc::now().timestamp() == before {
+            assert_eq!(status_of(&v), shown, "answered from the cache");
+            proved = true;
+            break;
+        }
+    }
+    assert!(proved, "never two requests within one second");
+    // Another query is another entry, built fresh.
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents?limit=5", None).await;
+    assert!(status_of(&v).starts_with("quiet-"), "{v}");
+    t.stack.cleanup().await;
+}
+
+/// NUL characters (which PostgreSQL cannot store) are refused as invalid
+/// input naming the field, in bodies and query strings, never a 500.
+#[tokio::test]
+async fn nul_characters_are_refused_by_field() {
+    let t = T::new().await;
+    let (s, v) = t
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "a\u{0}b", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["details"]["field"], "name", "{v}");
+    t.register("nul").await;
+    let (s, v) = t
+        .admin(
+            Method::POST,
+            "/api/v1/agents/nul/start",
+            Some(json!({"reason": "x\u{0}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["details"]["field"], "reason", "{v}");
+    let (s, v) = t
+        .admin(
+            Method::PUT,
+            "/api/v1/agents/nul",
+            Some(json!({"spec": {"agent_type": "t", "command": "true", "env": {"A": ["x"]}, "args": ["ok", "b\u{0}"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["details"]["field"], "spec.args[1]", "{v}");
+    let (s, v) = t.admin(Method::GET, "/api/v1/agents?q=a%00b", None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED"),
+        "{v}"
+    );
+    // Still fine without NUL.
+    let (s, _) = t
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "ab", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    t.stack.cleanup().await;
+}

@@ -262,6 +262,12 @@ pub async fn list(
             (*key, desc)
         }
     };
+    // Unchanged read models: the answer given before (see `list_cache`).
+    let cache_key = format!("{p:?}");
+    let version = crate::list_cache::Version::read(state.pool()).await?;
+    if let Some(body) = state.list_cache().get(&cache_key, &version) {
+        return Ok(json_body(body));
+    }
     // One statement: the page and the number of matches (window count).
     let mut q = filtered(
         &format!("select {STATUS_COLUMNS}, count(*) over () as total"),
@@ -289,12 +295,26 @@ pub async fn list(
         .iter()
         .map(|r| StatusRow::from_row(r).map(AgentView::from))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(super::ok(AgentPage {
+    let page = AgentPage {
         items,
         total,
         limit,
         offset,
-    }))
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&page).map_err(ApiError::internal)?);
+    state.list_cache().put(cache_key, version, body.clone());
+    Ok(json_body(body))
+}
+
+fn json_body(body: bytes::Bytes) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub(crate) async fn read_view(state: &AppState, agent_id: &str) -> ApiResult<(AgentView, Value)> {

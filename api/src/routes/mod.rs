@@ -20,7 +20,7 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -81,7 +81,32 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    "the request body is larger than this server accepts",
+                ));
+            }
+            Err(e) => return Err(ApiError::bad_request(e.body_text())),
+        };
+        // PostgreSQL cannot store NUL in text or jsonb: refuse it here, by field.
+        if let Some(field) = nul_field(&bytes) {
+            return Err(ApiError::validation(
+                &field,
+                "must not contain NUL (\\u0000) characters",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Body(value)),
             Err(JsonRejection::JsonDataError(e)) => {
                 // "Failed to deserialize the JSON body into the target type: path: reason"
@@ -121,6 +146,62 @@ where
     }
 }
 
+/// Whether the request says its body is JSON (`application/json` or `+json`).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+/// The path of the first string (or key) holding a NUL character, if any.
+fn nul_field(bytes: &[u8]) -> Option<String> {
+    // In JSON, NUL can only be written as the escape `\u0000`.
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    fn walk(v: &Value, path: &str) -> Option<String> {
+        let here = || {
+            if path.is_empty() {
+                "body".to_owned()
+            } else {
+                path.to_owned()
+            }
+        };
+        match v {
+            Value::String(s) if s.contains('\0') => Some(here()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, &format!("{path}[{i}]"))),
+            Value::Object(map) => map.iter().find_map(|(k, item)| {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if k.contains('\0') {
+                    Some(here())
+                } else {
+                    walk(item, &child)
+                }
+            }),
+            _ => None,
+        }
+    }
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    walk(&value, "")
+}
+
 /// Query-string extractor whose rejections use the error format.
 pub struct Query<T>(pub T);
 
@@ -133,6 +214,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        if query.contains("%00") {
+            return Err(ApiError::validation(
+                "query",
+                "must not contain NUL (%00) characters",
+            ));
+        }
         let de = serde_urlencoded_de(query);
         de.map(Query)
     }
