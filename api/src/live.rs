@@ -127,11 +127,12 @@ async fn start_hub(state: AppState) -> Result<broadcast::Sender<Arc<Outgoing>>, 
     let events_prefix = format!("{}.agent.", cfg.events.subject_prefix);
     let metrics_prefix = format!("{}.", cfg.telemetry.metrics_prefix);
     let logs_prefix = format!("{}.", cfg.telemetry.logs_prefix);
+    let store = state.store().clone();
     tokio::spawn(async move {
         while let Some(msg) = merged.next().await {
             let subject = msg.subject.as_str();
             let out = if let Some(rest) = subject.strip_prefix(&events_prefix) {
-                event_message(rest, &msg.payload)
+                event_message(rest, &msg.payload, &store)
             } else if let Some(agent) = subject.strip_prefix(&metrics_prefix) {
                 telemetry_message("agent.metrics", agent, &msg.payload)
             } else if let Some(rest) = subject.strip_prefix(&logs_prefix) {
@@ -149,7 +150,7 @@ async fn start_hub(state: AppState) -> Result<broadcast::Sender<Arc<Outgoing>>, 
     Ok(sender)
 }
 
-fn event_message(rest: &str, payload: &[u8]) -> Option<Outgoing> {
+fn event_message(rest: &str, payload: &[u8], store: &opmas_store::AgentStore) -> Option<Outgoing> {
     let (agent_id, event_type) = rest.split_once('.')?;
     let env = opmas_projections::Envelope::from_message(payload).ok()?;
     let kind = if event_type == "ErrorRecorded" {
@@ -164,7 +165,20 @@ fn event_message(rest: &str, payload: &[u8]) -> Option<Outgoing> {
     {
         event = inner.clone();
     }
-    crate::routes::audit::redact_secrets(&mut event);
+    // The config of a config event: secrets by the agent's schema, or, when
+    // the schema is not at hand, every value hidden.
+    let schema = if event.get("config").is_some() && event.get("config_schema").is_none() {
+        match store.cached(agent_id) {
+            Some((agent, _)) => agent.spec.and_then(|s| s.config_schema),
+            None => {
+                event["config"] = Value::String("***".into());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    crate::routes::audit::redact_event(&mut event, schema.as_ref());
     let data = json!({
         "sequence": env.sequence,
         "event_type": event_type,

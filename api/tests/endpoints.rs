@@ -1050,3 +1050,144 @@ async fn nul_characters_are_refused_by_field() {
     assert_eq!(s, StatusCode::CREATED);
     t.stack.cleanup().await;
 }
+
+/// Secrets (env values named in `secret_env`, config fields the schema
+/// marks `x-secret`) never appear in a response: agent, config, versions
+/// and their diffs, events, the live stream. A PUT of `***` (what reads
+/// show) keeps the stored value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_redacted_in_every_response() {
+    use futures::StreamExt;
+    let t = T::new().await;
+    let spec = json!({"agent_type": "db", "command": "sleep", "args": ["1000"],
+        "env": {"DB_PASSWORD": "env-s3cret"}, "secret_env": ["DB_PASSWORD"],
+        "config_schema": {"type": "object", "properties": {
+            "password": {"type": "string", "x-secret": true}, "level": {"type": "string"}}},
+        "config": {"password": "first-s3cret", "level": "info"}});
+    let (s, v) = t
+        .admin(
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({"agent_id": "vault", "spec": spec})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let secrets = ["env-s3cret", "first-s3cret", "second-s3cret"];
+    let clean = |what: &str, v: &Value| {
+        let text = v.to_string();
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+    };
+    clean("register answer", &v);
+    let (_, v) = t
+        .admin(Method::GET, "/api/v1/agents/vault/config", None)
+        .await;
+    assert_eq!(v["config"], json!({"password": "***", "level": "info"}));
+
+    // A live client sees config changes without their secrets.
+    let resp = t
+        .http
+        .get(
+            t.stack
+                .url("/api/v1/stream?agents=vault&kinds=agent.status"),
+        )
+        .bearer_auth(&t.stack.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let mut live = resp.bytes_stream();
+
+    // Sent back as read: the password is kept.
+    let (s, v, _) = t
+        .call(
+            Method::PUT,
+            "/api/v1/agents/vault/config",
+            &t.stack.admin_token,
+            Some(json!({"config": {"password": "***", "level": "debug"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_REQUIRED, "{v}");
+    let put = |config: Value, version: i64| {
+        let http = t.http.clone();
+        let url = t.stack.url("/api/v1/agents/vault/config");
+        let token = t.stack.admin_token.clone();
+        async move {
+            let resp = http
+                .put(url)
+                .bearer_auth(token)
+                .header("if-match", format!("\"{version}\""))
+                .json(&json!({"config": config}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = put(json!({"password": "***", "level": "debug"}), 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    clean("config answer", &v);
+    let (agent, _) = t.stack.store.load("vault").await.unwrap();
+    assert_eq!(
+        agent.config().unwrap()["password"],
+        "first-s3cret",
+        "*** kept the stored value"
+    );
+    let (s, v) = put(json!({"password": "second-s3cret", "level": "debug"}), 2).await;
+    assert_eq!(s, StatusCode::OK);
+    clean("config answer", &v);
+    t.projected("vault", v["sequence"].as_i64().unwrap()).await;
+
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents/vault", None).await;
+    clean("agent", &v);
+    assert_eq!(v["spec"]["config"]["password"], "***");
+    assert_eq!(v["spec"]["env"]["DB_PASSWORD"], "***");
+    let (_, v) = t
+        .admin(Method::GET, "/api/v1/agents/vault/config", None)
+        .await;
+    clean("config", &v);
+    let (_, v) = t
+        .admin(Method::GET, "/api/v1/agents/vault/events", None)
+        .await;
+    clean("events", &v);
+    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
+    let listed = eventually(Duration::from_secs(10), || async {
+        let (_, v) = t
+            .admin(Method::GET, "/api/v1/agents/vault/config/versions", None)
+            .await;
+        v.as_array().is_some_and(|a| a.len() == 3)
+    })
+    .await;
+    assert!(listed, "three config versions");
+    let (_, v) = t
+        .admin(Method::GET, "/api/v1/agents/vault/config/versions", None)
+        .await;
+    clean("versions", &v);
+    let diff = &v[0]["diff"];
+    assert!(
+        diff.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "/password" && c["to"] == "***"),
+        "the secret's change is shown, not its value: {diff}"
+    );
+
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(chunk)) = live.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.matches("ConfigUpdated").count() >= 2 {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(got, "live config events: {seen}");
+    for secret in secrets {
+        assert!(!seen.contains(secret), "live stream shows {secret}: {seen}");
+    }
+    t.stack.cleanup().await;
+}

@@ -155,11 +155,28 @@ pub struct EventParams {
     pub event_type: Option<String>,
 }
 
-/// Replaces `env` values named in a sibling `secret_env` with `***`,
-/// anywhere in `value` (specs inside events).
+/// Redacts the secrets of an event's payload: `env` values named in a
+/// sibling `secret_env` and config fields a sibling `config_schema` marks
+/// `x-secret` (specs inside events), and the `config` of config events by
+/// the agent's current `schema`.
+pub fn redact_event(payload: &mut Value, schema: Option<&Value>) {
+    redact_secrets(payload);
+    if let (Some(schema), Some(config)) = (schema, payload.get_mut("config")) {
+        opmas_domain::spec::redact_secrets(schema, config);
+    }
+}
+
+/// Replaces `env` values named in a sibling `secret_env` with `***`, and
+/// config fields a sibling `config_schema` marks secret, anywhere in
+/// `value` (specs inside events).
 pub fn redact_secrets(value: &mut Value) {
     match value {
         Value::Object(map) => {
+            if let Some(schema) = map.get("config_schema").cloned()
+                && let Some(config) = map.get_mut("config")
+            {
+                opmas_domain::spec::redact_secrets(&schema, config);
+            }
             let secrets: Vec<String> = map
                 .get("secret_env")
                 .and_then(Value::as_array)
@@ -220,6 +237,11 @@ pub async fn events(
         .bind(limit + 1)
         .fetch_all(state.pool())
         .await?;
+    let (agent, _) = match state.store().cached(&id) {
+        Some(c) => c,
+        None => state.store().load(&id).await?,
+    };
+    let schema = agent.spec.as_ref().and_then(|s| s.config_schema.clone());
     let mut items = Vec::with_capacity(rows.len());
     for row in rows.iter().take(usize::try_from(limit).unwrap_or(0)) {
         let env = opmas_projections::envelope::Envelope::from_row(row)?;
@@ -231,7 +253,7 @@ pub async fn events(
         {
             payload = inner.clone();
         }
-        redact_secrets(&mut payload);
+        redact_event(&mut payload, schema.as_ref());
         items.push(EventRecord {
             sequence: env.sequence,
             event_type: env.event.event_type(),

@@ -49,13 +49,17 @@ pub async fn get(
     if !agent.registered {
         return Err(ApiError::agent_not_found(&id));
     }
+    let mut config = agent
+        .config()
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
+    if let Some(schema) = agent.spec.as_ref().and_then(|s| s.config_schema.as_ref()) {
+        opmas_domain::spec::redact_secrets(schema, &mut config);
+    }
     let view = ConfigView {
         agent_id: id,
         version: agent.config_version,
-        config: agent
-            .config()
-            .cloned()
-            .unwrap_or(Value::Object(Default::default())),
+        config,
     };
     Ok(([(header::ETAG, etag(view.version))], axum::Json(view)).into_response())
 }
@@ -87,6 +91,18 @@ pub async fn put(
     Body(req): Body<ConfigUpdate>,
 ) -> ApiResult<Response> {
     let expected = if_match(&headers)?;
+    let mut config = req.config;
+    // Secret fields sent back as read (`***`) keep their value.
+    let (agent, _) = match state.store().cached(&id) {
+        Some(c) => c,
+        None => state.store().load(&id).await?,
+    };
+    if let (Some(schema), Some(current)) = (
+        agent.spec.as_ref().and_then(|s| s.config_schema.as_ref()),
+        agent.config(),
+    ) {
+        opmas_domain::spec::keep_unchanged_secrets(schema, &mut config, current);
+    }
     let result = execute(
         &state,
         &principal,
@@ -95,7 +111,7 @@ pub async fn put(
         "update_config",
         AgentCommand::UpdateConfig {
             expected_version: expected,
-            config: req.config,
+            config,
         },
         req.reason.as_deref(),
     )
@@ -150,13 +166,40 @@ pub async fn versions(
     AgentPath(id): AgentPath,
 ) -> ApiResult<Response> {
     ensure_agent(&state, &id).await?;
-    let rows: Vec<ConfigVersion> = sqlx::query_as(
+    let mut rows: Vec<ConfigVersion> = sqlx::query_as(
         "select version, config, diff, previous_version, rolled_back_to, event_type, actor, at \
          from agent_configs where agent_id = $1 order by version desc",
     )
     .bind(&id)
     .fetch_all(state.pool())
     .await?;
+    // Secrets (by the agent's current schema) shown as `***`, in the
+    // configs and in the diffs.
+    let (agent, _) = match state.store().cached(&id) {
+        Some(c) => c,
+        None => state.store().load(&id).await?,
+    };
+    if let Some(schema) = agent.spec.as_ref().and_then(|s| s.config_schema.as_ref()) {
+        let secret = opmas_domain::spec::secret_pointers(schema);
+        for row in &mut rows {
+            opmas_domain::spec::redact_secrets(schema, &mut row.config);
+            if let Some(changes) = row.diff.as_array_mut() {
+                for change in changes {
+                    let path = change["path"].as_str().unwrap_or_default().to_owned();
+                    if secret
+                        .iter()
+                        .any(|s| path == *s || path.starts_with(&format!("{s}/")))
+                    {
+                        for side in ["from", "to"] {
+                            if let Some(v) = change.get_mut(side) {
+                                *v = Value::String("***".into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
     Ok(super::ok(rows))
 }
 

@@ -322,6 +322,40 @@ pub fn redact_secrets(schema: &Value, config: &mut Value) {
     }
 }
 
+/// JSON pointers (`/db/password`) of the config fields `schema` marks
+/// `"x-secret": true`.
+pub fn secret_pointers(schema: &Value) -> Vec<String> {
+    fn walk(schema: &Value, at: &str, out: &mut Vec<String>) {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (key, property) in properties {
+            let here = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+            if property.get("x-secret").and_then(Value::as_bool) == Some(true) {
+                out.push(here);
+            } else {
+                walk(property, &here, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, "", &mut out);
+    out
+}
+
+/// In a new `config`, a secret field sent as `"***"` (what reads show) keeps
+/// its value in `current`: a client can send back what it read.
+pub fn keep_unchanged_secrets(schema: &Value, config: &mut Value, current: &Value) {
+    for pointer in secret_pointers(schema) {
+        let masked = config.pointer(&pointer).and_then(Value::as_str) == Some("***");
+        if masked && let Some(value) = current.pointer(&pointer).cloned() {
+            if let Some(slot) = config.pointer_mut(&pointer) {
+                *slot = value;
+            }
+        }
+    }
+}
+
 mod validate;
 
 pub use validate::check_config;

@@ -258,3 +258,23 @@ fn redacted_hides_config_values_marked_secret_in_the_schema() {
     );
     assert_eq!(spec.config["password"], "p", "the original is untouched");
 }
+
+#[test]
+fn secret_pointers_and_masked_values_kept_on_update() {
+    let schema = json!({"type": "object", "properties": {
+        "password": {"type": "string", "x-secret": true},
+        "db": {"type": "object", "properties": {"token": {"x-secret": true}, "host": {}}},
+        "level": {"type": "string"}
+    }});
+    let mut pointers = super::secret_pointers(&schema);
+    pointers.sort();
+    assert_eq!(pointers, ["/db/token", "/password"]);
+    let current = json!({"password": "p", "db": {"token": "t", "host": "h"}, "level": "info"});
+    let mut update = json!({"password": "***", "db": {"token": "new", "host": "h2"}, "level": "***"});
+    super::keep_unchanged_secrets(&schema, &mut update, &current);
+    assert_eq!(
+        update,
+        json!({"password": "p", "db": {"token": "new", "host": "h2"}, "level": "***"}),
+        "only secret fields sent as *** keep their value"
+    );
+}
