@@ -348,10 +348,11 @@ pub fn secret_pointers(schema: &Value) -> Vec<String> {
 pub fn keep_unchanged_secrets(schema: &Value, config: &mut Value, current: &Value) {
     for pointer in secret_pointers(schema) {
         let masked = config.pointer(&pointer).and_then(Value::as_str) == Some("***");
-        if masked && let Some(value) = current.pointer(&pointer).cloned() {
-            if let Some(slot) = config.pointer_mut(&pointer) {
-                *slot = value;
-            }
+        if masked
+            && let Some(value) = current.pointer(&pointer).cloned()
+            && let Some(slot) = config.pointer_mut(&pointer)
+        {
+            *slot = value;
         }
     }
 }
