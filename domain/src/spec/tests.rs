@@ -270,7 +270,8 @@ fn secret_pointers_and_masked_values_kept_on_update() {
     pointers.sort();
     assert_eq!(pointers, ["/db/token", "/password"]);
     let current = json!({"password": "p", "db": {"token": "t", "host": "h"}, "level": "info"});
-    let mut update = json!({"password": "***", "db": {"token": "new", "host": "h2"}, "level": "***"});
+    let mut update =
+        json!({"password": "***", "db": {"token": "new", "host": "h2"}, "level": "***"});
     super::keep_unchanged_secrets(&schema, &mut update, &current);
     assert_eq!(
         update,
