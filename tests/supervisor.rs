@@ -1321,3 +1321,119 @@ async fn config_changes_reach_running_agents_by_sighup_or_restart() {
     );
     h.finish().await;
 }
+
+fn probed(check: opmas_domain::HealthCheck, auto_recover: bool) -> AgentSpec {
+    let mut spec = sh("exec sleep 1000");
+    spec.heartbeat.enabled = false;
+    spec.health_check = opmas_domain::HealthCheckSpec {
+        check,
+        interval_ms: 100,
+        timeout_ms: 1_000,
+        failure_threshold: 2,
+    };
+    spec.recovery.auto = auto_recover;
+    spec
+}
+
+/// exec, tcp and http health checks: a passing probe makes the agent
+/// healthy, `failure_threshold` failures critical (one event per change),
+/// and a critical agent is restarted when its recovery policy says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_tcp_and_http_health_checks_drive_health() {
+    use opmas_domain::{Health, HealthCheck};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // exec: `test -f marker`
+    let marker = dir.path().join("ok");
+    std::fs::write(&marker, "").unwrap();
+    let exec = HealthCheck::Exec {
+        command: "test".into(),
+        args: vec!["-f".into(), marker.display().to_string()],
+    };
+    h.register("by-exec", probed(exec, false)).await;
+    // tcp: a listener the test opens and closes
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tcp = HealthCheck::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    h.register("by-tcp", probed(tcp, false)).await;
+    // http: a server whose answer the test sets
+    let answer = Arc::new(AtomicU16::new(200));
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", server.local_addr().unwrap());
+    let served = answer.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = server.accept().await {
+            let code = served.load(Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+                let _ = conn
+                    .write_all(format!("HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            });
+        }
+    });
+    h.register("by-http", probed(HealthCheck::Http { url }, true))
+        .await;
+
+    for id in ["by-exec", "by-tcp", "by-http"] {
+        h.command(id, AgentCommand::Start).await;
+        h.wait_for(id, "healthy", |a| {
+            a.status == ProcessStatus::Running && a.health == Health::Healthy
+        })
+        .await;
+    }
+    let http_pid = h.agent("by-http").await.pid.unwrap();
+
+    std::fs::remove_file(&marker).unwrap();
+    drop(listener);
+    answer.store(503, Ordering::Relaxed);
+    h.wait_for("by-exec", "critical", |a| a.health == Health::Critical)
+        .await;
+    h.wait_for("by-tcp", "critical", |a| a.health == Health::Critical)
+        .await;
+    // by-http recovers by restart: a new process, healthy once the server is.
+    h.wait_for("by-http", "restarted", |a| {
+        a.pid.is_some_and(|p| p != http_pid) && a.status == ProcessStatus::Running
+    })
+    .await;
+    answer.store(200, Ordering::Relaxed);
+    h.wait_for("by-http", "healthy again", |a| a.health == Health::Healthy)
+        .await;
+
+    std::fs::write(&marker, "").unwrap();
+    h.wait_for("by-exec", "healthy again", |a| a.health == Health::Healthy)
+        .await;
+    let events = h.events("by-exec").await;
+    let changes: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::HealthChanged { to, reason, .. } => Some(format!("{to:?}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 3, "one event per change: {changes:?}");
+    assert!(
+        changes[1].contains("2 health checks failed in a row")
+            && changes[1].contains("`test` exited"),
+        "{changes:?}"
+    );
+    let tcp_events = h.events("by-tcp").await;
+    assert!(
+        tcp_events.iter().any(|e| matches!(e, AgentEvent::HealthChanged { reason, .. } if reason.contains("cannot connect"))),
+        "tcp failure reason recorded"
+    );
+    assert_eq!(
+        h.agent("by-exec").await.status,
+        ProcessStatus::Running,
+        "no auto recovery: still running"
+    );
+    h.finish().await;
+}

@@ -430,7 +430,7 @@ fn every_field_s_bad_value_is_refused_with_file_line_field_and_reason() {
             extra("[health_check]\nkind = \"http\"\nurl = \"ftp://x\""),
             "health_check.url",
             Some(7),
-            "must be an http:// or https:// url, got \"ftp://x\"",
+            "must be an http:// url, got \"ftp://x\" (https is not probed: use an exec check with curl)",
         ),
         (
             extra("[health_check]\nurl = \"http://x\""),

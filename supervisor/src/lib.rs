@@ -28,6 +28,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod logs;
 pub mod metrics;
+pub mod probe;
 mod process;
 pub mod service;
 pub mod signal;

@@ -64,6 +64,8 @@ pub(crate) struct Worker {
     waiting: Vec<String>,
     /// The config the running process has (from its start or last reload).
     applied_config: Option<serde_json::Value>,
+    /// Health probe of the running process (exec, http or tcp checks).
+    probe: Option<(mpsc::Receiver<crate::probe::ProbeChange>, CancellationToken)>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -87,6 +89,7 @@ impl Worker {
             last_spawn_error: None,
             waiting: Vec::new(),
             applied_config: None,
+            probe: None,
         };
         tokio::spawn(worker.run(rx, cancel));
         tx
@@ -107,6 +110,7 @@ impl Worker {
                     Some(Msg::Limit(breach)) => self.on_breach(breach).await,
                     None => break,
                 },
+                Some(change) = next_probe(&mut self.probe) => self.on_probe(change).await,
                 exit = Proc::exited(&mut self.proc) => {
                     self.on_exit(exit).await;
                     self.reconcile().await;
@@ -360,6 +364,18 @@ impl Worker {
         // A spawned process got this config; an adopted one is assumed to
         // have it (what it was given is not recorded).
         self.applied_config = Some(spec.config.clone());
+        self.stop_probe();
+        if spec.health_check.check != opmas_domain::HealthCheck::Heartbeat {
+            let cancel = self.cancel.child_token();
+            let path_var = spec
+                .env
+                .get("PATH")
+                .cloned()
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            let rx = crate::probe::spawn(spec.health_check.clone(), path_var, cancel.clone());
+            self.probe = Some((rx, cancel));
+        }
         self.shared
             .metrics
             .watch(&self.id, proc.identity.pid, spec.limits.clone());
@@ -462,6 +478,7 @@ impl Worker {
         let Some(proc) = self.proc.take() else { return };
         self.shared.heartbeats.unwatch(&self.id);
         self.shared.metrics.unwatch(&self.id);
+        self.stop_probe();
         let pid = proc.identity.pid;
         // Nothing of the agent may outlive it: kill what is left of its
         // process group, and of its cgroup (descendants that left the group).
@@ -528,6 +545,33 @@ impl Worker {
 }
 
 impl Worker {
+    fn stop_probe(&mut self) {
+        if let Some((_, cancel)) = self.probe.take() {
+            cancel.cancel();
+        }
+    }
+
+    /// A health probe changed its verdict: one `HealthChanged`; a critical
+    /// agent is recovered as its policy says.
+    async fn on_probe(&mut self, change: crate::probe::ProbeChange) {
+        let (health, reason) = match change {
+            crate::probe::ProbeChange::Healthy(r) => (Health::Healthy, r),
+            crate::probe::ProbeChange::Critical(r) => (Health::Critical, r),
+        };
+        info!(agent_id = %self.id, ?health, %reason, "health check");
+        let report = AgentCommand::ReportHealth {
+            health,
+            reason: reason.clone(),
+        };
+        match self.report(report).await {
+            Ok(events) if !events.is_empty() && health == Health::Critical => {
+                let _ = self.recover(&reason).await;
+            }
+            Ok(_) => {}
+            Err(err) => debug!(agent_id = %self.id, error = %err, "health not recorded"),
+        }
+    }
+
     async fn on_heartbeat(&mut self, transition: Transition) {
         match transition {
             Transition::Lost { last_seen } => {
@@ -769,6 +813,20 @@ fn exit_fact(pid: u32, exit: Exit) -> AgentCommand {
         signal: exit.signal,
         at: Utc::now(),
         jitter_sample: rand::random::<f64>(),
+    }
+}
+
+/// The next verdict of the running process's probe; never, without one.
+async fn next_probe(
+    probe: &mut Option<(mpsc::Receiver<crate::probe::ProbeChange>, CancellationToken)>,
+) -> Option<crate::probe::ProbeChange> {
+    match probe {
+        // A probe that ended (cancelled) says nothing more.
+        Some((rx, _)) => match rx.recv().await {
+            Some(change) => Some(change),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

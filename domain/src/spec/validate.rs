@@ -218,11 +218,13 @@ impl HealthCheckSpec {
                 "health_check.check.command",
                 || "must not be empty".to_owned(),
             ),
-            HealthCheck::Http { url } => check(
-                url.starts_with("http://") || url.starts_with("https://"),
-                "health_check.check.url",
-                || format!("must be an http:// or https:// url, got {url:?}"),
-            ),
+            HealthCheck::Http { url } => {
+                check(url.starts_with("http://"), "health_check.check.url", || {
+                    format!(
+                        "must be an http:// url, got {url:?} (https is not probed: use an exec check with curl)"
+                    )
+                })
+            }
             HealthCheck::Tcp { host, port } => {
                 check(!host.trim().is_empty(), "health_check.check.host", || {
                     "must not be empty".to_owned()
