@@ -124,7 +124,7 @@ async fn http_get(url: &str) -> Result<String, String> {
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let mut head = vec![0u8; 64];
+    let mut head = [0u8; 64];
     let mut read = 0;
     while read < head.len() {
         let n = stream
