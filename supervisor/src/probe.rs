@@ -25,6 +25,7 @@ pub enum ProbeChange {
 pub fn spawn(
     spec: HealthCheckSpec,
     path_var: String,
+    working_dir: Option<String>,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<ProbeChange> {
     let (tx, rx) = mpsc::channel(4);
@@ -39,7 +40,12 @@ pub fn spawn(
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            let outcome = match tokio::time::timeout(timeout, probe(&spec.check, &path_var)).await {
+            let outcome = match tokio::time::timeout(
+                timeout,
+                probe(&spec.check, &path_var, working_dir.as_deref()),
+            )
+            .await
+            {
                 Ok(outcome) => outcome,
                 Err(_) => Err(format!("no answer within {timeout:?}")),
             };
@@ -72,11 +78,19 @@ pub fn spawn(
 }
 
 /// One probe: `Ok(what succeeded)` or `Err(why it failed)`.
-async fn probe(check: &HealthCheck, path_var: &str) -> Result<String, String> {
+async fn probe(
+    check: &HealthCheck,
+    path_var: &str,
+    working_dir: Option<&str>,
+) -> Result<String, String> {
     match check {
         HealthCheck::Heartbeat => Ok("heartbeat".into()),
         HealthCheck::Exec { command, args } => {
-            let status = tokio::process::Command::new(command)
+            let mut cmd = tokio::process::Command::new(command);
+            if let Some(dir) = working_dir {
+                cmd.current_dir(dir);
+            }
+            let status = cmd
                 .args(args)
                 .env_clear()
                 .env("PATH", path_var)

@@ -373,7 +373,12 @@ impl Worker {
                 .cloned()
                 .or_else(|| std::env::var("PATH").ok())
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-            let rx = crate::probe::spawn(spec.health_check.clone(), path_var, cancel.clone());
+            let rx = crate::probe::spawn(
+                spec.health_check.clone(),
+                path_var,
+                spec.working_dir.clone(),
+                cancel.clone(),
+            );
             self.probe = Some((rx, cancel));
         }
         self.shared
