@@ -1437,3 +1437,74 @@ async fn exec_tcp_and_http_health_checks_drive_health() {
     );
     h.finish().await;
 }
+
+/// The signal that ended the last process of `id`.
+async fn last_exit_signal(h: &Harness, id: &str) -> Option<i32> {
+    h.events(id)
+        .await
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            AgentEvent::ProcessExited { signal, .. } => Some(*signal),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// `stop_signal = "control"`: a stop is asked with a `stop` control request
+/// (the agent ends itself); an agent that does not answer gets SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_by_control_request_or_sigterm_when_unanswered() {
+    use futures::StreamExt;
+    let h = Harness::new().await;
+    let mut spec = sh("exec sleep 1000");
+    spec.stop_signal = "control".into();
+    spec.stop_grace_ms = 5_000;
+    h.register("silent", spec.clone()).await;
+    h.register("talker", spec).await;
+    for id in ["silent", "talker"] {
+        h.command(id, AgentCommand::Start).await;
+        h.wait_for(id, "running", |a| a.status == ProcessStatus::Running)
+            .await;
+    }
+    // "talker" answers control requests: on stop it ends its process with SIGINT.
+    let pid = h.agent("talker").await.pid.unwrap();
+    let mut requests = h
+        .client
+        .subscribe(format!("{}.talker", h.control_prefix))
+        .await
+        .unwrap();
+    let client = h.client.clone();
+    let responder = tokio::spawn(async move {
+        let msg = requests.next().await.unwrap();
+        let request: opmas_domain::control::ControlRequest =
+            serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(request.action, opmas_domain::control::ControlAction::Stop);
+        let reply = serde_json::json!({"ok": true, "message": "stopping"});
+        client
+            .publish(msg.reply.unwrap(), reply.to_string().into())
+            .await
+            .unwrap();
+        kill(pid, "-INT");
+    });
+    h.client.flush().await.unwrap();
+    h.command("talker", AgentCommand::Stop).await;
+    h.wait_for("talker", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    responder.await.unwrap();
+    assert_eq!(
+        last_exit_signal(&h, "talker").await,
+        Some(2),
+        "ended by the agent (SIGINT), not SIGTERM"
+    );
+
+    h.command("silent", AgentCommand::Stop).await;
+    h.wait_for("silent", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    assert_eq!(
+        last_exit_signal(&h, "silent").await,
+        Some(15),
+        "no answer: SIGTERM"
+    );
+    h.finish().await;
+}

@@ -210,6 +210,14 @@ impl Proc {
         self.kill_if_overdue();
     }
 
+    /// Starts the grace period without a signal (the agent was asked to stop
+    /// otherwise); SIGKILL follows as for [`Proc::begin_stop`].
+    pub fn begin_quiet_stop(&mut self, grace: Duration) {
+        if self.kill_at.is_none() {
+            self.kill_at = Some(Instant::now() + grace);
+        }
+    }
+
     /// SIGKILL to the group once the grace period is over.
     pub fn kill_if_overdue(&mut self) {
         if !self.killed && self.kill_at.is_some_and(|at| at <= Instant::now()) {

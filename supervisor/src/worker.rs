@@ -453,6 +453,39 @@ impl Worker {
         if proc.stopping() {
             return;
         }
+        if let Some(spec) = agent.spec.as_ref().filter(|s| s.stop_signal == "control") {
+            // A `stop` control request; SIGTERM to the group when it is not
+            // answered (or refused). SIGKILL after the grace period either way.
+            let grace = Duration::from_millis(spec.stop_grace_ms);
+            proc.begin_quiet_stop(grace);
+            let (client, prefix, id, pid) = (
+                self.shared.client.clone(),
+                self.shared.config.control_prefix.clone(),
+                self.id.clone(),
+                proc.identity.pid,
+            );
+            tokio::spawn(async move {
+                let answer = crate::control::request(
+                    &client,
+                    &prefix,
+                    &id,
+                    ControlAction::Stop,
+                    Duration::from_secs(2),
+                )
+                .await;
+                match answer {
+                    Ok(reply) if reply.ok => {
+                        debug!(agent_id = %id, "stop asked by control request")
+                    }
+                    other => {
+                        debug!(agent_id = %id, answer = ?other, "no stop by control: SIGTERM");
+                        let _ = crate::signal::group(pid, nix::sys::signal::Signal::SIGTERM);
+                    }
+                }
+            });
+            self.wake_in(grace);
+            return;
+        }
         let (grace, signal) = agent.spec.as_ref().map_or(
             (Duration::from_secs(10), nix::sys::signal::Signal::SIGTERM),
             |s| {

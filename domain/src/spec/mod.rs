@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Signals an agent may be asked to stop with.
+/// How an agent may be asked to stop: a signal to its process group, or
+/// `control` (a `stop` control request; SIGTERM when it is not answered).
 pub const STOP_SIGNALS: &[&str] = &[
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL",
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "control",
 ];
 
 /// Upper bound of [`ResourceLimits::cpu_percent`]: 1024 cores.
