@@ -146,6 +146,9 @@ pub struct Removed {
     pub samples: u64,
     pub rollups: u64,
     pub logs: u64,
+    /// Live-heartbeat rows not refreshed within the raw-metrics retention
+    /// (agents gone or stopped that long).
+    pub heartbeats: u64,
 }
 
 async fn delete_older(
@@ -199,6 +202,14 @@ pub async fn retain(
         )
         .await?,
         logs: delete_older(pool, "agent_logs", "at", cutoff(retention.logs), b).await?,
+        heartbeats: delete_older(
+            pool,
+            "agent_heartbeats",
+            "last_seen",
+            cutoff(retention.raw_metrics),
+            b,
+        )
+        .await?,
     })
 }
 

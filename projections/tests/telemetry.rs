@@ -147,6 +147,15 @@ async fn metrics_rollups_match_raw_and_retention_keeps_what_is_recent() {
         "nothing left to roll up"
     );
 
+    // Live heartbeats: one of an agent silent for 8 days, one recent.
+    for (agent, age_days) in [("gone", 8), ("here", 0)] {
+        sqlx::query("insert into agent_heartbeats (agent_id, last_seen) values ($1, $2)")
+            .bind(agent)
+            .bind(now - chrono::Duration::days(age_days))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
     let removed = retain(
         &db.pool,
         &Retention {
@@ -162,9 +171,15 @@ async fn metrics_rollups_match_raw_and_retention_keeps_what_is_recent() {
         Removed {
             samples: 4,
             rollups: 4,
-            logs: 0
+            logs: 0,
+            heartbeats: 1,
         }
     );
+    let kept: Vec<String> = sqlx::query_scalar("select agent_id from agent_heartbeats")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["here"]);
     assert_eq!(
         count(&db, "select count(*) from agent_metric_samples").await,
         72
@@ -290,7 +305,8 @@ async fn log_search_finds_lines_by_text_and_level_and_retention_drops_old_ones()
         Removed {
             samples: 0,
             rollups: 0,
-            logs: 1
+            logs: 1,
+            heartbeats: 0,
         }
     );
     assert_eq!(
