@@ -19,17 +19,16 @@ with s as (select * from json_populate_recordset(null::agent_metric_samples, $1:
 ins as (
   insert into agent_metric_samples (agent_id, at, node, pid, cpu_percent, rss_bytes, threads, open_fds)
   select agent_id, at, node, pid, cpu_percent, rss_bytes, threads, open_fds from s
-  on conflict do nothing),
-hb as (
-  insert into agent_heartbeats (agent_id, last_seen)
-  select agent_id, max(last_heartbeat_at)
-  from json_to_recordset($1::json) as x(agent_id text, last_heartbeat_at timestamptz)
-  where last_heartbeat_at is not null
-  group by agent_id
-  on conflict (agent_id) do update set last_seen = greatest(agent_heartbeats.last_seen, excluded.last_seen))
+  on conflict do nothing)
 insert into agent_metric_dirty (bucket)
 select distinct date_trunc('minute', at, 'UTC') from s
 on conflict do nothing";
+
+/// The latest heartbeat per agent carried by a batch (`[[agent, time]]`).
+const HEARTBEATS: &str = "
+insert into agent_heartbeats (agent_id, last_seen)
+select x->>0, (x->>1)::timestamptz from json_array_elements($1::json) as x
+on conflict (agent_id) do update set last_seen = greatest(agent_heartbeats.last_seen, excluded.last_seen)";
 
 const LOGS: &str = "
 insert into agent_logs (stream_sequence, agent_id, at, level, stream, node, pid, line, dropped_before)
@@ -81,7 +80,23 @@ pub async fn write_samples(conn: &mut PgConnection, samples: &[MetricSample]) ->
         return Ok(());
     }
     let json = serde_json::to_string(samples).map_err(Error::corrupt)?;
-    sqlx::query(SAMPLES).bind(json).execute(conn).await?;
+    sqlx::query(SAMPLES).bind(json).execute(&mut *conn).await?;
+    let mut latest: std::collections::BTreeMap<&str, chrono::DateTime<chrono::Utc>> =
+        std::collections::BTreeMap::new();
+    for s in samples {
+        if let Some(at) = s.last_heartbeat_at {
+            let e = latest.entry(s.agent_id.as_str()).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+    if !latest.is_empty() {
+        let rows: Vec<(&str, chrono::DateTime<chrono::Utc>)> = latest.into_iter().collect();
+        let json = serde_json::to_string(&rows).map_err(Error::corrupt)?;
+        sqlx::query(HEARTBEATS)
+            .bind(json)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
