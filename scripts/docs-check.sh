@@ -69,7 +69,7 @@ opmas agents register web-1 --reason 'docs example' --spec - > /dev/null <<'EOF'
 EOF
 opmas agents start web-1 > /dev/null
 for _ in $(seq 1 100); do
-  opmas agents show web-1 -o json | grep -q '"status": *"running"' && break
+  opmas agents show web-1 -o json 2>/dev/null | grep -q '"status": *"running"' && break
   sleep 0.1
 done
 opmas agents show web-1 -o json | grep -q '"status": *"running"' || { echo "docs-check: web-1 did not start" >&2; exit 1; }
