@@ -98,7 +98,7 @@ def run(path, line, mode, arg, code):
             return f"{where}: exit status {proc.returncode}, expected {want}:\n{shown}"
     print(f"docs-check: {where}: ok ({mode}{' ' + arg if arg else ''}, {took:.1f}s)")
     if os.environ.get("DOCS_CHECK_VERBOSE"):
-        print(shown)
+        print("\n".join("    | " + l for l in out.splitlines()))
     return None
 
 
