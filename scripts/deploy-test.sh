@@ -125,17 +125,23 @@ for i in 1 2 3; do
   nats-server --config "$work/nats-$i.conf" -l "$work/nats-$i.log" &
   pids+=($!)
 done
+# Formed: every node healthy with routes to both others and a JetStream
+# meta leader, twice in a row (duplicate routes are dropped in the first
+# second; a reply crossing a route being replaced is lost).
+stable=0
 for _ in $(seq 1 100); do
   ok=0
   for i in 1 2 3; do
-    curl -fs "http://127.0.0.1:${port[$((i + 5))]}/healthz?js-enabled-only=true" >/dev/null && ok=$((ok + 1))
+    m="http://127.0.0.1:${port[$((i + 5))]}"
+    routes=$(curl -fs "$m/routez" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_routes"])' 2>/dev/null || echo 0)
+    curl -fs "$m/healthz" >/dev/null && [ "$routes" = 2 ] && ok=$((ok + 1))
   done
-  routes=$(curl -fs "http://127.0.0.1:${port[6]}/routez" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_routes"])' 2>/dev/null || echo 0)
   leader=$(curl -fs "http://127.0.0.1:${port[6]}/jsz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("meta_cluster",{}).get("leader",""))' 2>/dev/null || true)
-  [ "$ok" = 3 ] && [ "$routes" -ge 2 ] && [ -n "$leader" ] && break
-  sleep 0.2
+  if [ "$ok" = 3 ] && [ -n "$leader" ]; then stable=$((stable + 1)); else stable=0; fi
+  [ "$stable" -ge 2 ] && break
+  sleep 0.5
 done
-[ "$ok" = 3 ] && [ "$routes" -ge 2 ] && [ -n "$leader" ] || die "the NATS cluster did not form (routes $routes, leader '$leader')"
+[ "$stable" -ge 2 ] || die "the NATS cluster did not form ($ok of 3 nodes with 2 routes, leader '$leader')"
 check nats-badpw 127.0.0.1 "${port[1]}" opmas
 check nats-badpw 127.0.0.1 "${port[0]}" agent
 check nats-perm 127.0.0.1 "${port[2]}" agent "$AGENT_NATS_PASSWORD" opmas.events.agent.x.Forged
@@ -197,7 +203,7 @@ OPMAS_TOKEN=$(opmas bootstrap-token --name deploy-test --role admin)
 quiet='"heartbeat": {"enabled": false}'
 curl -fs -o /dev/null -X POST "$OPMAS_SERVER/api/v1/agents" -H "Authorization: Bearer $OPMAS_TOKEN" \
   -H 'content-type: application/json' -d '{"agent_id": "ticker", "reason": "deploy test",
-  "spec": {"agent_type": "ticker", "command": "sh", "args": ["-c", "while :; do echo tick; sleep 0.2; done"], '"$quiet"'}}' ||
+  "spec": {"agent_type": "ticker", "command": "sh", "args": ["-c", "while :; do echo tick; sleep 0.2; done"], "stop_grace_ms": 1000, '"$quiet"'}}' ||
   die "register through the API"
 jwt_viewer=$(check jwt "$work/jwt-main.key" main viewer)
 jwt_operator=$(check jwt "$work/jwt-main.key" main operator)
