@@ -18,8 +18,9 @@
 #     agents keep running), restores into another fresh database and fresh
 #     streams with opmas-restore.sh (migrate, load, replay, verify --repair,
 #     replay --check), starts the services on it, and checks that the API
-#     answers as before (agents, histories, audit trails, tokens) and that
-#     the running agent was adopted, not started again.
+#     answers as before (agents, histories, audit trails, tokens), that the
+#     running agent was adopted, not started again, and that its new log
+#     lines all reach the read model (none hidden by restored rows).
 # Everything it starts (processes, databases, temp dir with the NATS data)
 # is removed on exit, failure included.
 #
@@ -160,7 +161,7 @@ nats_url="nats://127.0.0.1:${port[1]}"
 printf '%s' "$(pw)$(pw)" > "$work/jwt-main.key"
 export OPMAS_DATABASE_URL="${admin%/*}/$db_a" OPMAS_NATS_URL="$nats_url" OPMAS_DB_MAX_CONNECTIONS=8 \
   OPMAS_JWT_KEYS="main:HS256:secret-file=$work/jwt-main.key" \
-  OPMAS_MANAGEMENT_API_URL="http://127.0.0.1:${port[9]}" OPMAS_LOGS_MAX_BYTES=$((16 << 20))
+  OPMAS_MANAGEMENT_API_URL="http://127.0.0.1:${port[9]}" OPMAS_LOGS_MAX_BYTES=$((16 << 20)) OPMAS_SAMPLE_INTERVAL=1s
 [ "$OPMAS_EVENTS_REPLICAS" = 3 ] || die "the env example should ask for 3 replicas"
 export OPMAS_SERVER="http://127.0.0.1:${port[9]}"
 
@@ -259,7 +260,12 @@ for _ in $(seq 1 100); do
 done
 opmas replay --check > /dev/null || die "replay --check before the backup"
 snapshot "$work/before"
-logs_before=$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_logs')
+for _ in $(seq 1 50); do
+  [ "$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_metric_samples')" -gt 0 ] && break
+  sleep 0.2
+done
+samples_before=$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_metric_samples')
+[ "$samples_before" -gt 0 ] || die "no metric samples to back up"
 
 # ---------------------------------------------------------------- 5. backup, restore
 step "backup"
@@ -283,13 +289,36 @@ grep -q 'ok: the stream holds every published event' "$work/restore.log" || die 
 start_api
 snapshot "$work/after"
 for f in "$work"/before/*.json; do check same "$f" "$work/after/$(basename "$f")"; done
-# then the others; the supervisor must adopt the agent, not start it again
+# then the others; the supervisor must adopt the agent, not start it again,
+# and its new output must reach the new logs stream and the read model
+restored_at=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 run_unit projector
 run_unit supervisor
-sleep 1
+for _ in $(seq 1 100); do
+  [ "$(opmas logs ticker --since "$restored_at" -n 5 | grep -c tick || true)" -ge 2 ] && break
+  sleep 0.2
+done
+[ "$(opmas logs ticker --since "$restored_at" -n 5 | grep -c tick)" -ge 2 ] || die "no log lines of the adopted agent after the restore"
+# every line of the new logs stream is a row (a restored row must not
+# shadow a new line: rows are keyed by the stream's sequence)
+stream_msgs() {
+  curl -fs "http://127.0.0.1:${port[6]}/jsz?streams=true" | python3 -c '
+import json, sys
+for a in json.load(sys.stdin).get("account_details", []):
+    for s in a.get("stream_detail", []):
+        if s["name"] == sys.argv[1]: print(s["state"]["last_seq"])' "$1"
+}
+for _ in $(seq 1 50); do
+  last=$(stream_msgs "$OPMAS_LOGS_STREAM")
+  rows=$(psql "$OPMAS_DATABASE_URL" -XAtqc "select count(*) from agent_logs where created_at >= '$restored_at'")
+  [ "$rows" = "$last" ] && break
+  sleep 0.2
+done
+[ "$rows" = "$last" ] || die "the new logs stream has $last lines, agent_logs only $rows new rows"
 [ "$(opmas agents show ticker -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')" = "$ticker_pid" ] ||
   die "ticker was not adopted"
-[ "$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_logs')" -ge "$logs_before" ] || die "log lines lost"
+[ "$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_metric_samples')" -ge "$samples_before" ] ||
+  die "metric samples lost"
 opmas events verify > /dev/null || die "events verify after the restore"
 opmas agents stop ticker --reason 'deploy test done' > /dev/null
 wait_for ticker status stopped

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Dumps what OPMAS cannot rebuild: the event store (`events`) and the API
-# tokens (`api_tokens`); with --telemetry also metric samples, rollups and
-# log lines (they come from streams with a max age, so older ones exist only
-# here). Everything else — snapshots, the outbox, the read models — is
-# derived and is rebuilt by opmas-restore.sh.
+# tokens (`api_tokens`); with --telemetry also metric samples and rollups
+# (they come from a stream with a max age, so older ones exist only here).
+# Everything else — snapshots, the outbox, the read models — is derived and
+# is rebuilt by opmas-restore.sh. Log lines are not dumped: their rows are
+# keyed by the logs stream's sequence, so restored rows would hide the lines
+# a new stream numbers alike (the lines stay in the agents' log files).
 #
 #   opmas-backup.sh [--telemetry] OUT.sql.gz
 #
@@ -24,7 +26,7 @@ done
 [ -n "$url" ] || { echo "opmas-backup: set OPMAS_DATABASE_URL or --database-url" >&2; exit 2; }
 out="$1"
 tables=(events api_tokens)
-[ "$telemetry" = 1 ] && tables+=(agent_metric_samples agent_metric_rollups agent_logs)
+[ "$telemetry" = 1 ] && tables+=(agent_metric_samples agent_metric_rollups)
 version=$(psql "$url" -XAtqc 'select max(version) from _sqlx_migrations where success')
 [ -n "$version" ] || { echo "opmas-backup: no applied migrations in that database" >&2; exit 1; }
 args=()
