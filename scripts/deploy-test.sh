@@ -192,11 +192,15 @@ step "services: migrate, api+relay, projector, supervisor (the units' commands)"
 start_api
 run_unit projector
 run_unit supervisor
-stream_replicas=$(curl -fs "http://127.0.0.1:${port[6]}/jsz?streams=true&config=true" | python3 -c '
+for _ in $(seq 1 100); do
+  stream_replicas=$(curl -fs "http://127.0.0.1:${port[6]}/jsz?streams=true&config=true" | python3 -c '
 import json, sys
 for a in json.load(sys.stdin).get("account_details", []):
     for s in a.get("stream_detail", []):
         if s["name"] == "OPMAS_EVENTS": print(s["config"]["num_replicas"])')
+  [ -n "$stream_replicas" ] && break
+  sleep 0.2
+done
 [ "$stream_replicas" = 3 ] || die "OPMAS_EVENTS has ${stream_replicas:-no} replicas, not 3"
 
 export OPMAS_TOKEN
@@ -221,7 +225,7 @@ opmas config set ticker --set greeting=hello --reason 'deploy test' > /dev/null
 
 wait_for() { # agent field value
   for _ in $(seq 1 150); do
-    [ "$(opmas agents show "$1" -o json | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])")" = "$3" ] && return 0
+    [ "$(opmas agents show "$1" -o json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])" 2>/dev/null)" = "$3" ] && return 0
     sleep 0.1
   done
   die "agent $1: $2 never became $3"
@@ -253,11 +257,17 @@ snapshot() { # dir
   done
   opmas audit crasher -o json > "$1/audit.json"
 }
-# wait until the read models have every event, then take the picture
+# wait until the stream and the read models have every event, then take
+# the picture
+caught_up="select count(*) = 0 from (select aggregate_id, max(sequence) as m from events group by 1) e
+  left join agent_status s on s.agent_id = e.aggregate_id where s.last_sequence is distinct from e.m"
 for _ in $(seq 1 100); do
-  [ "$(opmas events verify -o json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["pending"] == 0 and not r["diffs"])')" = True ] && break
+  [ "$(opmas events verify -o json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["pending"] == 0 and not r["diffs"])')" = True ] &&
+    [ "$(psql "$OPMAS_DATABASE_URL" -XAtqc "$caught_up")" = t ] && break
   sleep 0.1
 done
+[ "$(psql "$OPMAS_DATABASE_URL" -XAtqc "$caught_up")" = t ] || die "the read models did not catch up"
+starts_before=$(opmas agents events ticker --type ProcessStarted | grep -c ProcessStarted)
 opmas replay --check > /dev/null || die "replay --check before the backup"
 snapshot "$work/before"
 for _ in $(seq 1 50); do
@@ -315,6 +325,9 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 [ "$rows" = "$last" ] || die "the new logs stream has $last lines, agent_logs only $rows new rows"
+kill -0 "$ticker_pid" || die "the adopted ticker died"
+[ "$(opmas agents events ticker --type ProcessStarted | grep -c ProcessStarted)" = "$starts_before" ] ||
+  die "ticker was started again instead of adopted"
 [ "$(opmas agents show ticker -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')" = "$ticker_pid" ] ||
   die "ticker was not adopted"
 [ "$(psql "$OPMAS_DATABASE_URL" -XAtqc 'select count(*) from agent_metric_samples')" -ge "$samples_before" ] ||
