@@ -395,6 +395,11 @@ pub struct SupervisorArgs {
     /// Root of the agents' cgroups (default: `<own cgroup>/agents`).
     #[arg(long, env = "OPMAS_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+    /// Given to agents as NATS_URL (default: this process's NATS URL). Set it
+    /// to a URL with an agent account's credentials so agents do not get the
+    /// control plane's rights.
+    #[arg(long, env = "OPMAS_AGENT_NATS_URL", hide_env_values = true)]
+    pub agent_nats_url: Option<String>,
     /// Given to agents as MANAGEMENT_API_URL.
     #[arg(
         long,

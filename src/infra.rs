@@ -48,8 +48,8 @@ pub async fn connect_nats(url: &str, wait_for_server: bool) -> anyhow::Result<as
     if wait_for_server {
         options = options.retry_on_initial_connect();
     }
-    options
-        .connect(url)
+    // A cluster's servers separated by commas; credentials in the URL.
+    opmas_sdk::nats::connect(url, options)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", crate::cli::mask(url)))
 }

@@ -365,3 +365,63 @@ async fn agents_new_makes_valid_packages() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+/// `opmas audit` shows secrets as `***`, like the API: env values named in
+/// `secret_env` and config fields the schema marks `x-secret`, in the
+/// events and in the state as of an instant.
+#[tokio::test]
+async fn audit_hides_secrets() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let mut spec = spec();
+    spec.env.insert("API_KEY".into(), "env-s3cret".into());
+    spec.secret_env.insert("API_KEY".into());
+    spec.config_schema = Some(serde_json::json!({"type": "object", "properties": {
+        "password": {"type": "string", "x-secret": true}}}));
+    spec.config = serde_json::json!({"password": "cfg-s3cret"});
+    store
+        .execute(
+            "audited",
+            opmas_domain::AgentCommand::Register {
+                agent_id: opmas_domain::AgentId::parse("audited").unwrap(),
+                spec,
+            },
+            meta("test"),
+        )
+        .await
+        .unwrap();
+    store
+        .execute(
+            "audited",
+            opmas_domain::AgentCommand::UpdateConfig {
+                expected_version: 1,
+                config: serde_json::json!({"password": "new-s3cret"}),
+            },
+            meta("test"),
+        )
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    for output in ["table", "json"] {
+        let out = opmas()
+            .env("OPMAS_DATABASE_URL", &db.url)
+            .args(["audit", "audited", "--as-of", &now, "-o", output])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("ConfigUpdated") && text.contains("***"),
+            "{text}"
+        );
+        for secret in ["env-s3cret", "cfg-s3cret", "new-s3cret"] {
+            assert!(!text.contains(secret), "{output}: {secret} shown: {text}");
+        }
+    }
+    db.cleanup().await;
+}

@@ -73,6 +73,11 @@ impl Harness {
 
     /// `opmas supervisor` as its own OS process.
     fn spawn_supervisor_process(&self) -> tokio::process::Child {
+        self.spawn_supervisor_process_with(&[])
+    }
+
+    /// The same, with more options.
+    fn spawn_supervisor_process_with(&self, extra: &[&str]) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_opmas"))
             .args([
                 "supervisor",
@@ -83,6 +88,7 @@ impl Harness {
             ])
             .arg("--log-dir")
             .arg(self.logs.path())
+            .args(extra)
             .env("OPMAS_DATABASE_URL", &self.db.url)
             .env("OPMAS_DB_MAX_CONNECTIONS", "8")
             .env("OPMAS_NATS_URL", nats_url())
@@ -1506,5 +1512,29 @@ async fn stop_by_control_request_or_sigterm_when_unanswered() {
         Some(15),
         "no answer: SIGTERM"
     );
+    h.finish().await;
+}
+
+/// `--agent-nats-url` is what agents get as NATS_URL (not the control
+/// plane's own URL and rights).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_get_the_agent_nats_url() {
+    let h = Harness::without_supervisor().await;
+    let mut supervisor =
+        h.spawn_supervisor_process_with(&["--agent-nats-url", "nats://agents:pw@127.0.0.1:4999"]);
+    h.register("env-check", sh("exec sleep 1000")).await;
+    h.command("env-check", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("env-check", "running", |a| {
+            a.status == ProcessStatus::Running
+        })
+        .await;
+    let env = std::fs::read(format!("/proc/{}/environ", agent.pid.unwrap())).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.contains("NATS_URL=nats://agents:pw@127.0.0.1:4999\0"),
+        "{env}"
+    );
+    supervisor.kill().await.unwrap();
     h.finish().await;
 }

@@ -60,11 +60,12 @@ impl Agent {
     /// Connects to NATS and subscribes to the control subject (so a control
     /// request is answered as soon as [`Agent::run`] starts).
     pub async fn connect(settings: Settings) -> Result<Self, Error> {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("opmas-agent {}", settings.agent_id))
-            .connect(settings.nats_url.as_str())
-            .await
-            .map_err(Error::nats)?;
+        let client = crate::nats::connect(
+            &settings.nats_url,
+            async_nats::ConnectOptions::new().name(format!("opmas-agent {}", settings.agent_id)),
+        )
+        .await
+        .map_err(Error::nats)?;
         let control = client
             .subscribe(settings.control_subject.clone())
             .await

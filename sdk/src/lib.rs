@@ -59,6 +59,7 @@
 
 mod agent;
 mod handle;
+pub mod nats;
 pub mod settings;
 
 pub use agent::{Agent, Outcome};

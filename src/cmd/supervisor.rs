@@ -38,6 +38,9 @@ pub fn config(global: &Global, args: &SupervisorArgs, default_logs: &Path) -> Co
     config.logs.rate_per_sec = args.log_rate;
     config.logs.burst = args.log_rate.saturating_mul(5);
     config.cgroups = args.cgroups;
+    if let Some(url) = &args.agent_nats_url {
+        config.nats_url = url.clone();
+    }
     config.cgroup_root = args.cgroup_root.clone();
     config.management_api_url = args.management_api_url.clone();
     config
