@@ -1,7 +1,8 @@
 // CPU, memory, threads and open files of one agent over 1 h, 24 h or 7 d,
 // from `GET /agents/{id}/metrics` (1 min rollups for 1 h and 24 h, 1 h
-// rollups for 7 d; raw samples when the minute rollups are not there yet).
-// The 1 h view appends live `agent.metrics` samples.
+// rollups for 7 d).
+// The 1 h view adds the raw samples newer than the last rollup, then live
+// `agent.metrics` samples.
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
 import { api, enc } from '../api.js';
@@ -91,17 +92,24 @@ export function render(root, { id }) {
     const since = new Date(until.getTime() - seconds * 1000);
     span.since = since.getTime() / 1000;
     span.until = until.getTime() / 1000;
-    const query = (res) => `/agents/${enc(id)}/metrics?resolution=${res}&since=${since.toISOString()}&until=${until.toISOString()}`;
+    const query = (res, from) => `/agents/${enc(id)}/metrics?resolution=${res}&since=${from.toISOString()}&until=${until.toISOString()}`;
     try {
-      let res = resolution;
-      let page = await api(query(res));
-      if (page.points.length === 0 && range === '1h') {
-        res = 'raw';
-        page = await api(query(res));
-      }
+      const page = await api(query(resolution, since));
       points = page.points;
+      let raw = 0;
+      if (range === '1h') {
+        // Rollups cover closed minutes only: add the raw samples after the last one.
+        const last = points.length ? new Date(points[points.length - 1].bucket).getTime() + 60_000 : since.getTime();
+        const tail = await api(query('raw', new Date(Math.max(last, since.getTime()))));
+        raw = tail.points.length;
+        points = points.concat(tail.points);
+      }
+      const rolled = points.length - raw;
+      const parts = [];
+      if (rolled) parts.push(`${rolled} ${resolution} rollup${rolled === 1 ? '' : 's'}`);
+      if (raw) parts.push(`${raw} raw sample${raw === 1 ? '' : 's'}`);
       note.textContent = points.length
-        ? `${points.length} points at ${res === 'raw' ? 'raw sample' : res} resolution; solid line average, dashed line maximum.`
+        ? `${parts.join(' and ')}; solid line average, dashed line maximum.`
         : 'No samples in this range (the agent has not run, or its samples have expired).';
       draw();
     } catch (err) {

@@ -111,7 +111,7 @@ try {
   log('the agent page: badges, facts, four charts; Start from the page turns it running live');
   await row(page).getByRole('link', { name: agent }).click();
   await page.locator('#agent-badges [data-badge="status"]').filter({ hasText: 'stopped' }).waitFor(WAIT);
-  await page.locator('#chart-note').filter({ hasText: 'points' }).waitFor(WAIT);
+  await page.locator('#chart-note').filter({ hasText: /raw sample/ }).waitFor(WAIT);
   assert.equal(await page.locator('figure.chart').count(), 4);
   assert.equal(await page.locator('figure.chart canvas').count(), 4);
   await page.getByRole('button', { name: 'Start', exact: true }).click();
@@ -119,12 +119,13 @@ try {
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was reloaded');
   assert.equal(await page.getByRole('button', { name: 'Stop', exact: true }).isEnabled(), true);
 
-  log('charts: the 24 h and 7 d ranges load from the rollups');
+  log('charts: the 1 h range has samples; the 24 h range loads from the rollups');
+  assert.match(await page.locator('figure[data-chart="rss"] .sr-only').textContent(), /Memory \(RSS\): \d+ points, latest \d/);
   await page.getByRole('radio', { name: '24 h' }).click();
-  await page.locator('#chart-note').filter({ hasText: /points|No samples/ }).waitFor(WAIT);
+  await page.locator('#chart-note').filter({ hasText: /1m rollup|No samples/ }).waitFor(WAIT);
   assert.equal(await page.getByRole('radio', { name: '24 h' }).getAttribute('aria-checked'), 'true');
   await page.getByRole('radio', { name: '1 h' }).click();
-  await page.locator('#chart-note').filter({ hasText: 'points' }).waitFor(WAIT);
+  await page.locator('#chart-note').filter({ hasText: /raw sample/ }).waitFor(WAIT);
 
   log('automatic recovery switch turns the policy off');
   const auto = page.getByRole('switch', { name: 'Automatic recovery' });
@@ -144,7 +145,9 @@ try {
     const b = document.querySelector('#agent-badges [data-badge="recovery"]');
     return b && b.dataset.value !== 'none';
   }, null, WAIT);
-  if ((await recovery.getAttribute('data-value')) === 'in_progress') {
+  const observed = await recovery.getAttribute('data-value');
+  console.log(`  recovery badge after Reload: ${observed}`);
+  if (observed === 'in_progress') {
     assert.equal(await page.getByRole('button', { name: 'Reload config', exact: true }).isDisabled(), true);
     await page.getByText('is in progress').waitFor(WAIT);
   }
@@ -231,7 +234,7 @@ try {
   await page.screenshot({ path: `${artifacts}/overview-390.png`, fullPage: true });
   await page.goto(`${base}/#/agents/${agent}`);
   await page.locator('figure.chart canvas').first().waitFor(WAIT);
-  await page.locator('#chart-note').filter({ hasText: 'points' }).waitFor(WAIT);
+  await page.locator('#chart-note').filter({ hasText: /raw sample/ }).waitFor(WAIT);
   const agentOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(agentOverflow <= 1, `the agent page scrolls sideways by ${agentOverflow}px at 390px`);
   await page.screenshot({ path: `${artifacts}/agent-390.png`, fullPage: true });
