@@ -57,7 +57,7 @@ cleanup() {
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   done
   psql "$admin_db" -qc "drop database if exists opmas_test_${tag} with (force)" >/dev/null 2>&1 || true
-  cargo run --quiet -p opmas-testkit --bin sweep-test-streams -- "${tag}" >/dev/null 2>&1 || true
+  cargo run --quiet -p opmas-testkit --bin sweep-test-streams -- "${tag}" 2>/dev/null || true
   if [ "$status" != 0 ] && [ -f "$logs/server.log" ]; then
     echo "--- server log (last 40 lines)"; tail -40 "$logs/server.log"
   fi

@@ -6,7 +6,7 @@
 // OPMAS_UI_AGENT, OPMAS_UI_ARTIFACTS (screenshots), OPMAS_CHROMIUM.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const base = process.env.OPMAS_UI_URL;
@@ -29,6 +29,20 @@ async function rest(path, { method = 'GET', body, token = admin, headers = {} } 
   const text = await response.text();
   if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
   return text ? JSON.parse(text) : null;
+}
+
+const axeSource = readFileSync(new URL('./node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
+
+/** axe-core's WCAG 2.1 A/AA rules on the page as it is: no serious or critical violation. */
+async function accessible(page, name) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  }));
+  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  assert.deepEqual(bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')})`), [],
+    `accessibility of ${name}`);
+  return result.passes.length;
 }
 
 let step = 'start';
@@ -68,6 +82,8 @@ try {
 
   log('a wrong token is refused with a message');
   await page.goto(base);
+  await page.getByLabel('API token or JWT', { exact: true }).waitFor(WAIT);
+  assert.ok(await accessible(page, 'the login page') > 5);
   await page.getByLabel('API token or JWT', { exact: true }).fill('opm_wrong');
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.locator('#login-error').filter({ hasText: 'refused' }).waitFor(WAIT);
@@ -100,6 +116,7 @@ try {
   await page.getByLabel('Search', { exact: true }).fill(agent.slice(0, 5));
   await row(page).waitFor(WAIT);
   await page.screenshot({ path: `${artifacts}/overview-1280.png`, fullPage: true });
+  await accessible(page, 'the fleet page');
 
   log('stopped through the API, the badge turns "stopped" live, without a reload');
   await page.evaluate(() => { window.__noReload = true; });
@@ -137,6 +154,7 @@ try {
   }, null, WAIT);
   assert.equal((await rest(`/agents/${agent}`)).spec.recovery.auto, false);
   await page.screenshot({ path: `${artifacts}/agent-1280.png`, fullPage: true });
+  await accessible(page, 'the agent page');
 
   log('Reload config starts a recovery by reload; the controls reflect it');
   await page.getByRole('button', { name: 'Reload config', exact: true }).click();
@@ -162,6 +180,7 @@ try {
   const attempt = page.locator('table tr').filter({ hasText: 'reload from the dashboard' });
   await attempt.waitFor(WAIT);
   assert.match(await attempt.textContent(), /reload/);
+  await accessible(page, 'the timeline');
 
   log('logs: search finds a line; the level filter keeps only that level; the tail is live');
   await page.getByRole('link', { name: 'Logs' }).click();
@@ -180,6 +199,7 @@ try {
     const items = [...document.querySelectorAll('#log-lines li')];
     return items.length > 0 && items.every((li) => li.dataset.level === 'warn');
   }, null, WAIT);
+  await accessible(page, 'the log viewer');
   const warned = await page.locator('#log-lines li .text').allTextContents();
   assert.ok(warned.every((t) => t.startsWith('WARN slow tick')), JSON.stringify(warned));
 
@@ -189,6 +209,7 @@ try {
   await group.waitFor(WAIT);
   await group.locator('summary').click();
   await group.locator('.occurrences pre').filter({ hasText: '/nonexistent/opmas-ui-broken' }).first().waitFor(WAIT);
+  await accessible(page, 'the error list');
   await page.goto(`${base}/#/agents/${agent}`);
   await page.locator('#agent-badges [data-badge="status"]').filter({ hasText: 'running' }).waitFor(WAIT);
 
@@ -208,6 +229,7 @@ try {
   assert.equal(cfg.version, latest + 1);
   assert.deepEqual(cfg.config, { greeting: 'hello' });
   assert.match(await page.locator('#config-current pre').textContent(), /"greeting": "hello"/);
+  await accessible(page, 'the config view');
 
   log('events page: the audit trail, filtered by type; a restart appears live');
   await page.getByRole('link', { name: 'Events' }).click();
@@ -224,6 +246,7 @@ try {
   await restart.waitFor(WAIT);
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was reloaded');
   await page.screenshot({ path: `${artifacts}/events-1280.png`, fullPage: true });
+  await accessible(page, 'the events page');
 
   log('phone width: overview, agent page and events');
   await page.setViewportSize({ width: 390, height: 844 });
@@ -232,12 +255,14 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 1, `the overview scrolls sideways by ${overflow}px at 390px`);
   await page.screenshot({ path: `${artifacts}/overview-390.png`, fullPage: true });
+  await accessible(page, 'the fleet page at 390 px');
   await page.goto(`${base}/#/agents/${agent}`);
   await page.locator('figure.chart canvas').first().waitFor(WAIT);
   await page.locator('#chart-note').filter({ hasText: /raw sample/ }).waitFor(WAIT);
   const agentOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(agentOverflow <= 1, `the agent page scrolls sideways by ${agentOverflow}px at 390px`);
   await page.screenshot({ path: `${artifacts}/agent-390.png`, fullPage: true });
+  await accessible(page, 'the agent page at 390 px');
   await page.goto(`${base}/#/events`);
   await page.locator('table.events tbody tr[data-type]').first().waitFor(WAIT);
   await page.screenshot({ path: `${artifacts}/events-390.png`, fullPage: true });
@@ -255,6 +280,7 @@ try {
   }
   assert.equal(await vpage.getByRole('switch', { name: 'Automatic recovery' }).isDisabled(), true);
   await vpage.getByText('may look but not act').waitFor(WAIT);
+  await accessible(vpage, 'the agent page of a viewer');
   await vpage.goto(`${base}/#/agents/${agent}/config`);
   const rollbacks = vpage.locator('[data-rollback]');
   await rollbacks.first().waitFor(WAIT);
