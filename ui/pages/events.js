@@ -54,28 +54,62 @@ export function render(root, { live }) {
     return true;
   }
 
-  function draw() {
-    let all = [...events.values()].sort((a, b) => (b.recorded_at || '').localeCompare(a.recorded_at || '') || b.sequence - a.sequence);
-    if (all.length > MAX_ROWS) {
-      for (const e of all.slice(MAX_ROWS)) events.delete(key(e.agent, e.sequence));
-      all = all.slice(0, MAX_ROWS);
-    }
-    const types = [...new Set(all.map((e) => e.event_type))].sort();
-    const chosen = typeSelect.value;
-    fill(typeSelect, h('option', { value: '' }, 'Any event'), types.map((t) => h('option', { value: t, selected: t === chosen }, t)));
-    fill(agentList, [...new Set(all.map((e) => e.agent))].sort().map((a) => h('option', { value: a })));
-    const shown = all.filter(matches);
-    fill(body, shown.length === 0
-      ? h('tr', {}, h('td', { colspan: 6, class: 'empty' }, all.length ? 'No event matches the filters.' : 'No events yet.'))
-      : shown.slice(0, 500).map((e) => h('tr', { dataset: { agent: e.agent, type: e.event_type } },
+  // Rows are built once per event and kept; new events are prepended, so a
+  // focused link or open payload stays as it is while events arrive.
+  const rowCache = new Map();
+  const emptyRow = h('tr', {}, h('td', { colspan: 6, class: 'empty' }));
+  let typesKey = '';
+  let agentsKey = '';
+
+  function rowFor(e) {
+    const k = key(e.agent, e.sequence);
+    if (!rowCache.has(k)) {
+      rowCache.set(k, h('tr', { dataset: { agent: e.agent, type: e.event_type } },
         h('td', { 'data-label': 'Time' }, time(e.recorded_at)),
         h('td', { 'data-label': 'Agent' }, h('a', { href: `#/agents/${enc(e.agent)}/timeline` }, e.agent), h('span', { class: 'muted small' }, ` #${e.sequence}`)),
         h('td', { 'data-label': 'Event' }, h('code', {}, e.event_type)),
         h('td', { 'data-label': 'Actor' }, e.actor),
         h('td', { 'data-label': 'Reason' }, e.reason || ''),
         h('td', { 'data-label': 'Details' }, e.payload && Object.keys(e.payload).length
-          ? h('details', {}, h('summary', {}, 'payload'), h('pre', {}, pretty(e.payload))) : ''))));
-    status.textContent = `${Math.min(shown.length, 500)} of ${all.length} events shown${shown.length > 500 ? ' (the newest 500 that match)' : ''}.`;
+          ? h('details', {}, h('summary', {}, 'payload'), h('pre', {}, pretty(e.payload))) : '')));
+    }
+    return rowCache.get(k);
+  }
+
+  function draw() {
+    let all = [...events.values()].sort((a, b) => (b.recorded_at || '').localeCompare(a.recorded_at || '') || b.sequence - a.sequence);
+    if (all.length > MAX_ROWS) {
+      for (const e of all.slice(MAX_ROWS)) {
+        events.delete(key(e.agent, e.sequence));
+        rowCache.delete(key(e.agent, e.sequence));
+      }
+      all = all.slice(0, MAX_ROWS);
+    }
+    const types = [...new Set(all.map((e) => e.event_type))].sort();
+    if (types.join() !== typesKey) {
+      typesKey = types.join();
+      const chosen = typeSelect.value;
+      fill(typeSelect, h('option', { value: '' }, 'Any event'), types.map((t) => h('option', { value: t, selected: t === chosen }, t)));
+    }
+    const agentIds = [...new Set(all.map((e) => e.agent))].sort();
+    if (agentIds.join() !== agentsKey) {
+      agentsKey = agentIds.join();
+      fill(agentList, agentIds.map((a) => h('option', { value: a })));
+    }
+    const shown = all.filter(matches);
+    const wanted = shown.slice(0, 500).map(rowFor);
+    if (wanted.length === 0) {
+      fill(emptyRow.firstChild, all.length ? 'No event matches the filters.' : 'No events yet.');
+      fill(body, emptyRow);
+    } else {
+      const current = [...body.children];
+      const added = wanted.length - current.length;
+      const onlyNewOnTop = current.length > 0 && added >= 0 && current[0] !== emptyRow
+        && current.every((tr, i) => tr === wanted[added + i]);
+      if (onlyNewOnTop) body.prepend(...wanted.slice(0, added));
+      else fill(body, wanted);
+    }
+    status.textContent = `${wanted.length} of ${all.length} events shown${shown.length > 500 ? ' (the newest 500 that match)' : ''}.`;
   }
   const redraw = debounce(draw, 100);
 

@@ -43,43 +43,93 @@ export function render(main, { live }) {
     return [a.agent_id, a.agent_type, a.node].some((v) => v && v.toLowerCase().includes(q));
   }
 
-  function row(a) {
-    const s = a.status === 'running' || a.status === 'degraded' ? samples.get(a.agent_id) : null;
-    return h('tr', { dataset: { agent: a.agent_id } },
+  // Rows and count buttons are updated in place, so live updates never
+  // take the keyboard focus away from a link or button.
+  const rows = new Map();
+  const emptyRow = h('tr', {}, h('td', { colspan: 9, class: 'empty' }));
+
+  function makeRow(a) {
+    const cell = (label, cls) => h('td', { 'data-label': label, class: cls });
+    const r = {
+      status: cell('Status'), health: cell('Health'), recovery: cell('Recovery'), node: cell('Node'),
+      uptime: cell('Uptime', 'num'), restarts: cell('Restarts', 'num'), cpu: cell('CPU', 'num'), mem: cell('Memory', 'num'),
+      key: '',
+    };
+    r.uptime.dataset.uptime = a.agent_id;
+    r.tr = h('tr', { dataset: { agent: a.agent_id } },
       h('th', { scope: 'row', 'data-label': 'Agent' },
         h('a', { href: `#/agents/${enc(a.agent_id)}` }, a.agent_id),
         a.agent_type ? h('span', { class: 'muted small' }, ` ${a.agent_type}`) : null),
-      h('td', { 'data-label': 'Status' }, badge('status', a.status)),
-      h('td', { 'data-label': 'Health' }, badge('health', a.health)),
-      h('td', { 'data-label': 'Recovery' }, badge('recovery', a.recovery_status)),
-      h('td', { 'data-label': 'Node' }, a.node || '—'),
-      h('td', { 'data-label': 'Uptime', class: 'num', dataset: { uptime: a.agent_id } }, fmtDuration(uptime(a))),
-      h('td', { 'data-label': 'Restarts', class: 'num' }, String(a.restart_count)),
-      h('td', { 'data-label': 'CPU', class: 'num' }, s ? fmtPercent(s.cpu_percent) : '—'),
-      h('td', { 'data-label': 'Memory', class: 'num' }, s ? fmtBytes(s.rss_bytes) : '—'));
+      r.status, r.health, r.recovery, r.node, r.uptime, r.restarts, r.cpu, r.mem);
+    rows.set(a.agent_id, r);
+    return r;
+  }
+
+  function updateRow(r, a) {
+    const key = `${a.sequence}|${a.status}|${a.health}|${a.recovery_status}|${a.node}|${a.restart_count}`;
+    if (key !== r.key) {
+      r.key = key;
+      fill(r.status, badge('status', a.status));
+      fill(r.health, badge('health', a.health));
+      fill(r.recovery, badge('recovery', a.recovery_status));
+      r.node.textContent = a.node || '—';
+      r.restarts.textContent = String(a.restart_count);
+    }
+    r.uptime.textContent = fmtDuration(uptime(a));
+    const s = a.status === 'running' || a.status === 'degraded' ? samples.get(a.agent_id) : null;
+    r.cpu.textContent = s ? fmtPercent(s.cpu_percent) : '—';
+    r.mem.textContent = s ? fmtBytes(s.rss_bytes) : '—';
+  }
+
+  const countButtons = new Map();
+  function countButton(status) {
+    if (!countButtons.has(status)) {
+      const number = h('strong');
+      const button = h('button', {
+        type: 'button', class: 'count', dataset: status ? { status } : {},
+        onclick: () => setStatus(status),
+      }, number, ` ${status || 'all'}`);
+      const li = h('li', {}, button);
+      counts.append(li);
+      countButtons.set(status, { li, button, number });
+    }
+    return countButtons.get(status);
   }
 
   function draw() {
     const all = [...agents.values()].sort((a, b) => a.agent_id.localeCompare(b.agent_id));
     const tally = {};
     for (const a of all) tally[a.status] = (tally[a.status] || 0) + 1;
-    fill(counts,
-      h('li', {}, h('button', {
-        type: 'button', class: 'count', 'aria-pressed': String(state.status === ''),
-        onclick: () => setStatus(''),
-      }, h('strong', {}, String(all.length)), ' all')),
-      STATUSES.filter((s) => tally[s]).map((s) => h('li', {}, h('button', {
-        type: 'button', class: 'count', dataset: { status: s }, 'aria-pressed': String(state.status === s),
-        onclick: () => setStatus(s),
-      }, h('strong', {}, String(tally[s])), ` ${s}`))));
+    for (const status of ['', ...STATUSES]) {
+      const n = status ? tally[status] || 0 : all.length;
+      const c = countButton(status);
+      c.li.hidden = status !== '' && n === 0 && state.status !== status;
+      c.number.textContent = String(n);
+      c.button.setAttribute('aria-pressed', String(state.status === status));
+    }
+    for (const [id, r] of rows) {
+      if (!agents.has(id)) { r.tr.remove(); rows.delete(id); }
+    }
     const shown = all.filter(visible);
     if (shown.length === 0) {
-      fill(body, h('tr', {}, h('td', { colspan: 9, class: 'empty' },
-        all.length === 0 ? 'No agents registered yet.' : 'No agent matches the filters.')));
+      fill(emptyRow.firstChild, all.length === 0 ? 'No agents registered yet.' : 'No agent matches the filters.');
+      if (body.firstChild !== emptyRow || body.childElementCount !== 1) fill(body, emptyRow);
     } else {
-      fill(body, shown.map(row));
+      const trs = shown.map((a) => {
+        const r = rows.get(a.agent_id) || makeRow(a);
+        updateRow(r, a);
+        return r.tr;
+      });
+      const current = [...body.children];
+      if (current.length !== trs.length || current.some((tr, i) => tr !== trs[i])) fill(body, trs);
     }
     summary.textContent = `${shown.length} of ${all.length} agents shown`;
+  }
+
+  // Live messages come in bursts: one redraw per 250 ms at most.
+  let drawTimer = null;
+  function scheduleDraw() {
+    if (drawTimer === null) drawTimer = setTimeout(() => { drawTimer = null; draw(); }, 250);
   }
 
   function setStatus(s) {
@@ -108,7 +158,7 @@ export function render(main, { live }) {
           if (err.status === 404) agents.delete(id);
         }
       }
-      draw();
+      scheduleDraw();
     } finally {
       running.delete(id);
     }
@@ -119,8 +169,7 @@ export function render(main, { live }) {
       refresh(m.agent_id);
     } else if (m.kind === 'agent.metrics') {
       samples.set(m.agent_id, m.data);
-      const a = agents.get(m.agent_id);
-      if (a) draw();
+      if (agents.has(m.agent_id)) scheduleDraw();
     }
   });
   live.filter({ kinds: ['agent.status', 'agent.metrics'] });
@@ -146,5 +195,5 @@ export function render(main, { live }) {
     }
   })();
 
-  return () => { off(); clearInterval(ticker); };
+  return () => { off(); clearInterval(ticker); clearTimeout(drawTimer); };
 }

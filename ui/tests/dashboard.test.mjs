@@ -120,18 +120,22 @@ try {
 
   log('stopped through the API, the badge turns "stopped" live, without a reload');
   await page.evaluate(() => { window.__noReload = true; });
+  await row(page).getByRole('link', { name: agent }).focus();
   await rest(`/agents/${agent}/stop`, { method: 'POST', body: { reason: 'stopped by the browser test' } });
   await statusBadge(row(page)).filter({ hasText: 'stopped' }).waitFor(WAIT);
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was reloaded');
   assert.equal(await row(page).locator('td[data-label="CPU"]').textContent(), '—');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), agent,
+    'the live update took the keyboard focus away from the agent link');
 
-  log('the agent page: badges, facts, four charts; Start from the page turns it running live');
-  await row(page).getByRole('link', { name: agent }).click();
+  log('the agent page (opened with the keyboard): badges, facts, four charts; Start turns it running live');
+  await page.keyboard.press('Enter');
   await page.locator('#agent-badges [data-badge="status"]').filter({ hasText: 'stopped' }).waitFor(WAIT);
   await page.locator('#chart-note').filter({ hasText: /raw sample/ }).waitFor(WAIT);
   assert.equal(await page.locator('figure.chart').count(), 4);
   assert.equal(await page.locator('figure.chart canvas').count(), 4);
-  await page.getByRole('button', { name: 'Start', exact: true }).click();
+  await page.getByRole('button', { name: 'Start', exact: true }).focus();
+  await page.keyboard.press('Enter');
   await page.locator('#agent-badges [data-badge="status"]').filter({ hasText: 'running' }).waitFor(WAIT);
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was reloaded');
   assert.equal(await page.getByRole('button', { name: 'Stop', exact: true }).isEnabled(), true);
