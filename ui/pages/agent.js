@@ -68,43 +68,64 @@ export function render(main, ctx) {
 
   let pending = null;
 
+  // Controls are built once and updated in place, so a live update never
+  // takes the keyboard focus away from a button.
+  const why = h('p', { id: 'controls-why', class: 'muted small', role: 'status' });
+  const buttons = {};
+  const defineButton = (name, label, action) => {
+    buttons[name] = { label, el: h('button', { type: 'button', dataset: { action: name }, onclick: action, disabled: true }, label) };
+    return buttons[name].el;
+  };
+  const autoSwitch = h('input', {
+    type: 'checkbox', role: 'switch', id: 'auto-recovery', disabled: true,
+    onchange: (e) => setAuto(e.target.checked),
+  });
+  const policyNote = h('span', { class: 'muted small' });
+  controls.append(
+    h('h2', { id: 'controls-title', class: 'sr-only' }, 'Controls'),
+    h('div', { class: 'buttons' },
+      defineButton('start', 'Start', () => command('start', `/agents/${enc(id)}/start`)),
+      defineButton('stop', 'Stop', () => command('stop', `/agents/${enc(id)}/stop`)),
+      defineButton('restart', 'Restart', () => command('restart', `/agents/${enc(id)}/restart`)),
+      defineButton('reload', 'Reload config', () => command('reload', `/agents/${enc(id)}/recover`,
+        { strategy: 'reload', reason: 'reload from the dashboard' }))),
+    h('div', { class: 'switch' }, autoSwitch, h('label', { for: 'auto-recovery' }, 'Automatic recovery'), policyNote),
+    why);
+
   function drawControls() {
     const operator = can('operator');
     const recovering = view.recovery_status === 'in_progress';
     const active = ['starting', 'running', 'degraded', 'backoff', 'failed'].includes(view.status);
     const policy = (detail && detail.spec && detail.spec.recovery) || null;
-    const why = !operator
+    const enabled = {
+      start: view.desired_state !== 'running' || view.status === 'failed',
+      stop: view.desired_state === 'running',
+      restart: active,
+      reload: view.desired_state === 'running' && !recovering,
+    };
+    why.textContent = !operator
       ? `Your role (${ctx.session.role}) may look but not act: these need the operator role.`
       : recovering ? `Recovery attempt ${view.recovery_attempts} is in progress: no other recovery (reload) until it completes.` : '';
-    const button = (name, label, enabled, action) => h('button', {
-      type: 'button', dataset: { action: name },
-      disabled: !operator || !enabled || pending !== null,
-      'aria-describedby': why ? 'controls-why' : undefined,
-      onclick: action,
-    }, pending === name ? `${label}…` : label);
-    const autoSwitch = h('input', {
-      type: 'checkbox', role: 'switch', id: 'auto-recovery',
-      checked: policy ? policy.auto : false,
-      disabled: !operator || !policy || pending !== null,
-      onchange: (e) => setAuto(policy, e.target.checked),
-    });
-    fill(controls,
-      h('h2', { id: 'controls-title', class: 'sr-only' }, 'Controls'),
-      h('div', { class: 'buttons' },
-        button('start', 'Start', view.desired_state !== 'running' || view.status === 'failed',
-          () => command('start', `/agents/${enc(id)}/start`)),
-        button('stop', 'Stop', view.desired_state === 'running',
-          () => command('stop', `/agents/${enc(id)}/stop`)),
-        button('restart', 'Restart', active,
-          () => command('restart', `/agents/${enc(id)}/restart`)),
-        button('reload', 'Reload config', view.desired_state === 'running' && !recovering,
-          () => command('reload', `/agents/${enc(id)}/recover`, { strategy: 'reload', reason: 'reload from the dashboard' }))),
-      h('div', { class: 'switch' }, autoSwitch, h('label', { for: 'auto-recovery' }, 'Automatic recovery'),
-        policy ? h('span', { class: 'muted small' }, ` (${policy.strategy}, ${policy.max_attempts} attempts)`) : null),
-      why ? h('p', { id: 'controls-why', class: 'muted small' }, why) : null);
+    for (const [name, b] of Object.entries(buttons)) {
+      b.el.disabled = !operator || !enabled[name] || pending !== null;
+      b.el.textContent = pending === name ? `${b.label}…` : b.label;
+      if (why.textContent) b.el.setAttribute('aria-describedby', 'controls-why');
+      else b.el.removeAttribute('aria-describedby');
+    }
+    autoSwitch.checked = policy ? policy.auto : false;
+    autoSwitch.disabled = !operator || !policy || pending !== null;
+    policyNote.textContent = policy ? ` (${policy.strategy}, ${policy.max_attempts} attempts)` : '';
+  }
+
+  /** After a command, keep the keyboard where it was (the pressed button, or the next usable one). */
+  function refocus(element) {
+    if (document.activeElement && document.activeElement !== document.body) return;
+    const target = !element.disabled ? element : Object.values(buttons).map((b) => b.el).find((el) => !el.disabled);
+    if (target) target.focus();
   }
 
   async function command(name, path, body) {
+    const had = document.activeElement === buttons[name].el;
     pending = name;
     drawControls();
     try {
@@ -115,10 +136,13 @@ export function render(main, ctx) {
     } finally {
       pending = null;
       drawHead();
+      if (had) refocus(buttons[name].el);
     }
   }
 
-  async function setAuto(policy, auto) {
+  async function setAuto(auto) {
+    const policy = detail.spec.recovery;
+    const had = document.activeElement === autoSwitch;
     pending = 'auto';
     drawControls();
     try {
@@ -131,6 +155,7 @@ export function render(main, ctx) {
     } finally {
       pending = null;
       drawHead();
+      if (had && document.activeElement === document.body) autoSwitch.focus();
     }
   }
 

@@ -1,7 +1,7 @@
 // CPU, memory, threads and open files of one agent over 1 h, 24 h or 7 d,
 // from `GET /agents/{id}/metrics` (1 min rollups for 1 h and 24 h, 1 h
 // rollups for 7 d).
-// The 1 h view adds the raw samples newer than the last rollup, then live
+// The 1 h view shows its newest minute from raw samples, then adds live
 // `agent.metrics` samples.
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
@@ -98,9 +98,11 @@ export function render(root, { id }) {
       points = page.points;
       let raw = 0;
       if (range === '1h') {
-        // Rollups cover closed minutes only: add the raw samples after the last one.
-        const last = points.length ? new Date(points[points.length - 1].bucket).getTime() + 60_000 : since.getTime();
-        const tail = await api(query('raw', new Date(Math.max(last, since.getTime()))));
+        // The newest minute may not be rolled up yet (or only in part):
+        // raw samples from its start instead.
+        const last = points.length ? points.pop() : null;
+        const from = last ? new Date(last.bucket) : since;
+        const tail = await api(query('raw', from > since ? from : since));
         raw = tail.points.length;
         points = points.concat(tail.points);
       }

@@ -137,6 +137,7 @@ try {
   await page.getByRole('button', { name: 'Start', exact: true }).focus();
   await page.keyboard.press('Enter');
   await page.locator('#agent-badges [data-badge="status"]').filter({ hasText: 'running' }).waitFor(WAIT);
+  await page.waitForFunction(() => document.activeElement && document.activeElement.dataset.action === 'stop', null, WAIT);
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was reloaded');
   assert.equal(await page.getByRole('button', { name: 'Stop', exact: true }).isEnabled(), true);
 
@@ -151,12 +152,14 @@ try {
   log('automatic recovery switch turns the policy off');
   const auto = page.getByRole('switch', { name: 'Automatic recovery' });
   assert.equal(await auto.isChecked(), true);
-  await auto.click();
+  await auto.focus();
+  await page.keyboard.press('Space');
   await page.waitForFunction(() => {
     const el = document.getElementById('auto-recovery');
     return el && !el.checked && !el.disabled;
   }, null, WAIT);
   assert.equal((await rest(`/agents/${agent}`)).spec.recovery.auto, false);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'auto-recovery');
   await page.screenshot({ path: `${artifacts}/agent-1280.png`, fullPage: true });
   await accessible(page, 'the agent page');
 
