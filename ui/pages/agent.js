@@ -23,7 +23,7 @@ export function render(main, ctx) {
   const base = `#/agents/${enc(id)}`;
 
   const title = h('h1', {}, id);
-  const badges = h('div', { class: 'badges', id: 'agent-badges' });
+  const badges = h('div', { class: 'badges', id: 'agent-badges', 'aria-live': 'polite' });
   const facts = h('dl', { class: 'facts' });
   const controls = h('section', { class: 'controls', 'aria-labelledby': 'controls-title' });
   const body = h('div', { class: 'section-body' });

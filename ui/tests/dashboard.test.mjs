@@ -272,7 +272,10 @@ try {
   await accessible(page, 'the agent page at 390 px');
   await page.goto(`${base}/#/events`);
   await page.locator('table.events tbody tr[data-type]').first().waitFor(WAIT);
+  const eventsOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(eventsOverflow <= 1, `the events page scrolls sideways by ${eventsOverflow}px at 390px`);
   await page.screenshot({ path: `${artifacts}/events-390.png`, fullPage: true });
+  await accessible(page, 'the events page at 390 px');
 
   log('a viewer sees everything but may not act');
   const vctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
