@@ -115,6 +115,8 @@ try {
   await page.getByText('No agent matches the filters.').waitFor(WAIT);
   await page.getByLabel('Search', { exact: true }).fill(agent.slice(0, 5));
   await row(page).waitFor(WAIT);
+  await page.getByLabel('Search', { exact: true }).fill('');
+  await page.locator('table.fleet tr[data-agent="ui-broken"]').waitFor(WAIT);
   await page.screenshot({ path: `${artifacts}/overview-1280.png`, fullPage: true });
   await accessible(page, 'the fleet page');
 
