@@ -234,6 +234,45 @@ async fn a_stale_cache_never_commits() {
     db.cleanup().await;
 }
 
+/// A command refused on a stale cached agent is decided again on the stored
+/// state: here another process (the supervisor) reported the stop that makes
+/// a start valid, after this writer cached the agent as `stopping`.
+#[tokio::test]
+async fn a_stale_cache_never_refuses_a_valid_command() {
+    let db = TestDb::new().await;
+    let api = AgentStore::new(db.pool.clone());
+    let supervisor = AgentStore::new(db.pool.clone());
+    api.execute("stale", register("stale"), meta("api"))
+        .await
+        .unwrap();
+    api.execute("stale", opmas_domain::AgentCommand::Start, meta("api"))
+        .await
+        .unwrap();
+    api.execute("stale", opmas_domain::AgentCommand::Stop, meta("api"))
+        .await
+        .unwrap(); // api caches `stopping`
+    let stopped = opmas_domain::AgentCommand::ReportStopped {
+        at: chrono::Utc::now(),
+    };
+    supervisor
+        .execute("stale", stopped, meta("supervisor"))
+        .await
+        .unwrap();
+    let events = api
+        .execute("stale", opmas_domain::AgentCommand::Start, meta("api"))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].sequence, 5);
+    // A command that is invalid on the stored state is still refused.
+    let err = api
+        .execute("stale", opmas_domain::AgentCommand::Restart, meta("api"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(_)), "{err:?}");
+    db.cleanup().await;
+}
+
 /// The relay is woken at once by a writer in another process (pg_notify) and
 /// by one in its own process (direct wake), not by its sweep: the sweep here
 /// is a minute long.

@@ -15,6 +15,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -190,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(openapi::docs(openapi))
         .merge(routes::health::router(state.clone()))
+        .merge(ui::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -86,10 +86,18 @@ pub struct MetricPoint {
     pub rss_avg: f64,
     pub rss_max: f64,
     pub rss_last: f64,
+    pub threads_min: f64,
+    pub threads_avg: f64,
+    pub threads_max: f64,
+    pub threads_last: f64,
+    pub fds_min: f64,
+    pub fds_avg: f64,
+    pub fds_max: f64,
+    pub fds_last: f64,
 }
 
-/// An agent's CPU and memory in `[since, until)`: `resolution` is `raw`,
-/// `1m` or `1h` (rollups cover closed minutes only).
+/// An agent's CPU, memory, threads and open files in `[since, until)`:
+/// `resolution` is `raw`, `1m` or `1h` (rollups cover closed minutes only).
 pub async fn metric_series(
     pool: &PgPool,
     agent_id: &str,
@@ -101,13 +109,17 @@ pub async fn metric_series(
         "raw" => {
             "select at as bucket, 1::bigint as samples, cpu_percent as cpu_min, cpu_percent as cpu_avg, \
              cpu_percent as cpu_max, cpu_percent as cpu_last, rss_bytes::float8 as rss_min, \
-             rss_bytes::float8 as rss_avg, rss_bytes::float8 as rss_max, rss_bytes::float8 as rss_last \
+             rss_bytes::float8 as rss_avg, rss_bytes::float8 as rss_max, rss_bytes::float8 as rss_last, \
+             threads::float8 as threads_min, threads::float8 as threads_avg, threads::float8 as threads_max, \
+             threads::float8 as threads_last, open_fds::float8 as fds_min, open_fds::float8 as fds_avg, \
+             open_fds::float8 as fds_max, open_fds::float8 as fds_last \
              from agent_metric_samples where agent_id = $1 and at >= $3 and at < $4 and $2 = 'raw' \
              order by at"
         }
         "1m" | "1h" => {
             "select bucket, samples, cpu_min, cpu_avg, cpu_max, cpu_last, rss_min, rss_avg, rss_max, \
-             rss_last from agent_metric_rollups where agent_id = $1 and resolution = $2 \
+             rss_last, threads_min, threads_avg, threads_max, threads_last, fds_min, fds_avg, fds_max, \
+             fds_last from agent_metric_rollups where agent_id = $1 and resolution = $2 \
              and bucket >= $3 and bucket < $4 order by bucket"
         }
         other => {

@@ -166,11 +166,16 @@ impl AgentStore {
         command: AgentCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
-        let mut context = self.context(agent_id).await?;
+        let (mut context, from_cache) = self.context(agent_id).await?;
         let sink = EventSink::<Agent>::default();
         let handled = context.aggregate.handle(command, &(), &sink).await;
         if let Err(err) = handled {
             self.forget(agent_id); // handle may have applied part of its events
+            if from_cache {
+                // Another process may have moved the agent on since it was
+                // cached: decide again on the stored state before refusing.
+                return Err(CommandError::Conflict);
+            }
             return Err(CommandError::Rejected(err));
         }
         let events = sink.collect().await;
@@ -206,21 +211,24 @@ impl AgentStore {
         }
     }
 
+    /// The agent to decide on, and whether it came from the cache (and so
+    /// may be stale).
     async fn context(
         &self,
         agent_id: &str,
-    ) -> Result<EventStoreAggregateContext<Agent>, CommandError> {
+    ) -> Result<(EventStoreAggregateContext<Agent>, bool), CommandError> {
         if let Some(cache) = &self.cache
             && let Some(c) = lock(cache).get(agent_id)
         {
-            return Ok(EventStoreAggregateContext {
+            let context = EventStoreAggregateContext {
                 aggregate_id: agent_id.to_string(),
                 aggregate: c.agent.clone(),
                 current_sequence: c.sequence,
                 current_snapshot: c.snapshot,
-            });
+            };
+            return Ok((context, true));
         }
-        Ok(self.store.load_aggregate(agent_id).await?)
+        Ok((self.store.load_aggregate(agent_id).await?, false))
     }
 
     fn remember(&self, agent_id: &str, entry: Cached) {

@@ -8,11 +8,13 @@
 pub mod agents;
 pub mod audit;
 pub mod config;
+pub mod fleet;
 pub mod health;
 pub mod nodes;
 pub mod packages;
 pub mod telemetry;
 pub mod tokens;
+pub mod whoami;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -49,6 +51,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter {
         .routes(routes!(config::versions))
         .routes(routes!(config::rollback))
         .routes(routes!(nodes::list))
+        .routes(routes!(whoami::whoami))
+        .routes(routes!(fleet::latest_metrics))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(crate::live::ws))
