@@ -1538,3 +1538,85 @@ async fn agents_get_the_agent_nats_url() {
     supervisor.kill().await.unwrap();
     h.finish().await;
 }
+
+/// A recovery an operator triggers (`POST .../recover`) is carried out by
+/// the supervisor, once: `restart` restarts the process, `reload` sends the
+/// reload (SIGHUP here: the agent does not answer control requests); each
+/// completes the recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_recoveries_are_carried_out() {
+    use opmas_domain::RecoveryStrategy;
+    let h = Harness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("reloaded");
+    let mut spec = sh(&format!(
+        "trap 'echo hup >> {}' HUP; while true; do sleep 0.1; done",
+        marker.display()
+    ));
+    spec.recovery.auto = false;
+    h.register("rec", spec).await;
+    h.command("rec", AgentCommand::Start).await;
+    let agent = h
+        .wait_for("rec", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    let pid = agent.pid.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let sh install its trap
+
+    h.command(
+        "rec",
+        AgentCommand::TriggerRecovery {
+            strategy: RecoveryStrategy::Reload,
+            reason: "operator: reload".into(),
+        },
+    )
+    .await;
+    h.wait_for("rec", "reload recovery done", |a| {
+        a.recovery == opmas_domain::RecoveryStatus::Succeeded
+    })
+    .await;
+    let marker2 = marker.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m = marker2.clone();
+            async move { std::fs::read_to_string(&m).is_ok_and(|s| s.lines().count() == 1) }
+        })
+        .await,
+        "exactly one SIGHUP"
+    );
+    assert_eq!(
+        h.agent("rec").await.pid,
+        Some(pid),
+        "a reload does not restart"
+    );
+
+    h.command(
+        "rec",
+        AgentCommand::TriggerRecovery {
+            strategy: RecoveryStrategy::Restart,
+            reason: "operator: restart".into(),
+        },
+    )
+    .await;
+    let restarted = h
+        .wait_for("rec", "restart recovery done", |a| {
+            a.status == ProcessStatus::Running
+                && a.pid.is_some_and(|p| p != pid)
+                && a.recovery == opmas_domain::RecoveryStatus::Succeeded
+        })
+        .await;
+    let events = h.events("rec").await;
+    let completed = count(&events, |e| {
+        matches!(
+            e,
+            AgentEvent::RecoveryCompleted {
+                succeeded: true,
+                ..
+            }
+        )
+    });
+    assert_eq!(completed, 2, "each recovery completed once");
+    let started = count(&events, |e| matches!(e, AgentEvent::ProcessStarted { .. }));
+    assert_eq!(started, 2, "one restart: {events:?}");
+    assert_eq!(h.agent("rec").await.pid, restarted.pid);
+    h.finish().await;
+}

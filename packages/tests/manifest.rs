@@ -496,7 +496,7 @@ fn every_field_s_bad_value_is_refused_with_file_line_field_and_reason() {
             extra("[stop]\nsignal = \"SIGSTOP\""),
             "stop.signal",
             Some(6),
-            "unknown signal `SIGSTOP`: use one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL",
+            "unknown signal `SIGSTOP`: use one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL, control",
         ),
         (
             extra("[stop]\ngrace = \"soon\""),

@@ -58,6 +58,9 @@ pub(crate) struct Worker {
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
     recovering: bool,
+    /// The recovery attempt this worker carried out or started last (an
+    /// operator's recovery is carried out once).
+    handled_recovery: Option<u32>,
     failed_retry_at: Option<Instant>,
     last_spawn_error: Option<String>,
     /// Required agents not yet healthy, as last reported.
@@ -85,6 +88,7 @@ impl Worker {
             pid: Arc::default(),
             cancel: cancel.clone(),
             recovering: false,
+            handled_recovery: None,
             failed_retry_at: None,
             last_spawn_error: None,
             waiting: Vec::new(),
@@ -167,6 +171,7 @@ impl Worker {
             return;
         }
         self.kill_overdue();
+        self.operator_recovery(&agent).await;
         match agent.status {
             ProcessStatus::Starting | ProcessStatus::Backoff => self.ensure_started(&agent).await,
             ProcessStatus::Running | ProcessStatus::Degraded => {
@@ -680,6 +685,48 @@ impl Worker {
         }
     }
 
+    /// Carries out a recovery in progress that this worker did not start (an
+    /// operator's `POST .../recover`, or one a previous supervisor started
+    /// but did not finish), once per attempt.
+    async fn operator_recovery(&mut self, agent: &Agent) {
+        if agent.recovery != RecoveryStatus::InProgress {
+            // Attempt numbers start again after a recovery ends.
+            self.handled_recovery = None;
+            return;
+        }
+        if self.recovering || self.handled_recovery == Some(agent.recovery_attempts) {
+            return;
+        }
+        let Some(strategy) = agent.recovery_strategy else {
+            return;
+        };
+        self.handled_recovery = Some(agent.recovery_attempts);
+        info!(agent_id = %self.id, ?strategy, attempt = agent.recovery_attempts, "carrying out a recovery");
+        match strategy {
+            RecoveryStrategy::Restart => {
+                if self.proc.is_none() {
+                    // Nothing running to restart: starting it is the recovery.
+                    if agent.desired == DesiredState::Running {
+                        self.recovering = true;
+                    } else {
+                        self.fail_recovery("the agent is not running".into()).await;
+                    }
+                    return;
+                }
+                self.recovering = true;
+                if let Err(err) = self.report(AgentCommand::Restart).await {
+                    self.recovering = false;
+                    self.fail_recovery(err.to_string()).await;
+                }
+            }
+            RecoveryStrategy::Reload => match self.reload().await {
+                Ok(()) => self.complete_recovery().await,
+                Err(error) => self.fail_recovery(error).await,
+            },
+            RecoveryStrategy::None => self.complete_recovery().await,
+        }
+    }
+
     /// Applies the agent's recovery policy (if automatic): `restart` restarts
     /// the process (the recovery completes when the new one runs), `reload`
     /// sends SIGHUP to the process. Returns whether a recovery was started.
@@ -697,9 +744,18 @@ impl Worker {
             strategy: policy.strategy,
             reason: reason.to_string(),
         };
-        if let Err(err) = self.report(trigger).await {
-            debug!(agent_id = %self.id, error = %err, "no recovery");
-            return false;
+        match self.report(trigger).await {
+            Ok(events) => {
+                for e in events {
+                    if let AgentEvent::RecoveryTriggered { attempt, .. } = e {
+                        self.handled_recovery = Some(attempt);
+                    }
+                }
+            }
+            Err(err) => {
+                debug!(agent_id = %self.id, error = %err, "no recovery");
+                return false;
+            }
         }
         match policy.strategy {
             RecoveryStrategy::Restart => {
@@ -808,6 +864,7 @@ impl Worker {
     }
 
     async fn complete_recovery(&mut self) {
+        self.handled_recovery = None;
         let done = AgentCommand::CompleteRecovery {
             succeeded: true,
             error: None,
@@ -818,6 +875,7 @@ impl Worker {
     }
 
     async fn fail_recovery(&mut self, error: String) {
+        self.handled_recovery = None;
         let done = AgentCommand::CompleteRecovery {
             succeeded: false,
             error: Some(error),

@@ -143,9 +143,12 @@ impl Aggregate for Agent {
                 };
                 self.restart_window = backoff::RestartWindow::default();
             }
-            AgentEvent::RecoveryTriggered { attempt, .. } => {
+            AgentEvent::RecoveryTriggered {
+                attempt, strategy, ..
+            } => {
                 self.recovery = RecoveryStatus::InProgress;
                 self.recovery_attempts = attempt;
+                self.recovery_strategy = Some(strategy);
             }
             AgentEvent::RecoveryPolicySet { policy } => {
                 if let Some(spec) = &mut self.spec {
@@ -176,6 +179,7 @@ impl Aggregate for Agent {
             AgentEvent::ResourceLimitExceeded { .. } => {}
             AgentEvent::ErrorRecorded { message, .. } => self.last_error = Some(message),
             AgentEvent::RecoveryCompleted { succeeded, error } => {
+                self.recovery_strategy = None;
                 if succeeded {
                     self.recovery = RecoveryStatus::Succeeded;
                     self.recovery_attempts = 0;

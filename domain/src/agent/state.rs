@@ -117,6 +117,9 @@ pub struct Agent {
     pub recovery: RecoveryStatus,
     /// Recovery attempts since the last successful one.
     pub recovery_attempts: u32,
+    /// Strategy of the recovery in progress (None when there is none).
+    #[serde(default)]
+    pub recovery_strategy: Option<crate::spec::RecoveryStrategy>,
     /// Node of the current (or last) process.
     pub node: Option<String>,
     pub pid: Option<u32>,
