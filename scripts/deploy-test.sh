@@ -304,7 +304,8 @@ for f in "$work"/before/*.json; do check same "$f" "$work/after/$(basename "$f")
 restored_at=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 run_unit projector
 run_unit supervisor
-for _ in $(seq 1 100); do
+# (a fresh stream set-up in the cluster can take a few retries)
+for _ in $(seq 1 300); do
   [ "$(opmas logs ticker --since "$restored_at" -n 5 | grep -c tick || true)" -ge 2 ] && break
   sleep 0.2
 done

@@ -115,7 +115,10 @@ impl Supervisor {
     }
 
     async fn ensure_streams(&self) -> Result<(), Error> {
-        let js = jetstream::new(self.client.clone());
+        let mut js = jetstream::new(self.client.clone());
+        // A fresh cluster sometimes leaves a stream request unanswered (several
+        // processes creating the same streams at once): ask again sooner.
+        js.set_timeout(Duration::from_secs(2));
         self.shared.config.stream.ensure(&js).await?;
         self.shared.config.telemetry.ensure(&js).await?;
         Ok(())
