@@ -46,6 +46,11 @@ pub(crate) fn write_config_file(
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("config.json");
+    let text = config.to_string();
+    // A restart loop gives the same config again: no write then.
+    if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(path);
+    }
     let tmp = dir.join(".config.json.tmp");
     let mut file = OpenOptions::new()
         .create(true)
@@ -53,8 +58,7 @@ pub(crate) fn write_config_file(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(config.to_string().as_bytes())?;
-    file.sync_all()?;
+    file.write_all(text.as_bytes())?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }

@@ -46,6 +46,9 @@ pub struct Args {
     /// Requests per second of the list phase (open loop).
     #[arg(long, default_value_t = 200)]
     list_rate: u64,
+    /// Events per second committed during the second list phase.
+    #[arg(long, default_value_t = 100)]
+    write_rate: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -201,6 +204,34 @@ async fn phases(
         "GET /agents?limit=1000 ({} agents) at {} requests/s: {n} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 20 ms)",
         args.agents,
         args.list_rate,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    ));
+    // The same while events are committed (each one changes the read model,
+    // so answers cannot come from the list cache between them).
+    let writing = CancellationToken::new();
+    let writer = {
+        let (store, ids, stop) = (store.clone(), ids.clone(), writing.clone());
+        let rate = args.write_rate;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let id = &ids[(n as usize * 7919) % ids.len()];
+                let _ = store.execute(id, crate::common::error_cmd(n), meta()).await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let (n, h) = list_load(&http, &base, &jwt, args.list_rate, secs, args.agents).await?;
+    writing.cancel();
+    let written = writer.await.unwrap_or(0);
+    out(&format!(
+        "  the same while {written} events were committed ({} /s): {n} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.write_rate,
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
