@@ -21,11 +21,9 @@ use opmas::println_out as out;
 use opmas_api::auth::jwt::{Claims, JwtKey, JwtVerifier, sign_hs256};
 use opmas_api::{ApiConfig, AppState, Role};
 use opmas_projections::{Config, Projector};
-use opmas_store::{StreamSettings, TelemetrySettings};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Servers, drop_db, meta, register, write_path};
+use crate::common::{Scratch, Servers, header, meta, register, write_path};
 
 const SECRET: &[u8] = b"bench-secret-of-at-least-32-bytes!!";
 
@@ -52,43 +50,25 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let db_name = format!("opmas_bench_{tag}");
-    let admin = opmas_store::db::connect(&args.servers.database_url, 1).await?;
-    let pool = args.servers.fresh_db(&admin, &db_name, 32).await?;
-    let client = async_nats::connect(&args.servers.nats_url).await?;
-    let events = StreamSettings::isolated(&format!("bench_{tag}"));
-    let telemetry = TelemetrySettings::isolated(&format!("bench_{tag}"));
-    let result = phases(&args, &pool, &client, &events, &telemetry, &tag).await;
-    let js = async_nats::jetstream::new(client.clone());
-    for name in [
-        &events.name,
-        &telemetry.metrics_stream,
-        &telemetry.logs_stream,
-    ] {
-        let _ = js.delete_stream(name).await;
-    }
-    pool.close().await;
-    drop_db(&admin, &db_name).await?;
+    let scratch = Scratch::new(&args.servers, 32).await?;
+    let result = phases(&args, &scratch).await;
+    scratch.finish().await?;
     result
 }
 
-async fn phases(
-    args: &Args,
-    pool: &PgPool,
-    client: &async_nats::Client,
-    events: &StreamSettings,
-    telemetry: &TelemetrySettings,
-    tag: &str,
-) -> anyhow::Result<()> {
+async fn phases(args: &Args, scratch: &Scratch) -> anyhow::Result<()> {
+    let Scratch {
+        pool,
+        client,
+        events,
+        telemetry,
+        tag,
+        db_name,
+        ..
+    } = scratch;
     out(&format!(
-        "bench api: postgres {}, {} cores, {} agents",
-        sqlx::query_scalar::<_, String>("show server_version")
-            .fetch_one(pool)
-            .await?,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        "{}, {} agents",
+        header("api", pool).await?,
         args.agents
     ));
     let js = async_nats::jetstream::new(client.clone());
@@ -119,8 +99,7 @@ async fn phases(
     }
 
     // The API on its own runtime, as a separate `opmas api` would have.
-    let api_pool =
-        opmas_store::db::connect(&args.servers.url_of(&format!("opmas_bench_{tag}"))?, 16).await?;
+    let api_pool = opmas_store::db::connect(&args.servers.url_of(db_name)?, 16).await?;
     let state = AppState::new(
         api_pool,
         store.clone(),
@@ -257,29 +236,34 @@ async fn status_load(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let (ids, base) = (Arc::new(ids.to_vec()), base.to_string());
+    closed_loop(http, token, concurrency, duration, move |task, n| {
+        let i = (task * 7919 + (n as usize + 1) * 104_729) % ids.len();
+        format!("{base}/api/v1/agents/{}/status", ids[i])
+    })
+    .await
+}
+
+/// `concurrency` tasks each GET `url(task, n)` in a loop for `duration`:
+/// requests made and their latencies.
+async fn closed_loop(
+    http: &reqwest::Client,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+    url: impl Fn(usize, u64) -> String + Send + Sync + 'static,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let ids = Arc::new(ids.to_vec());
+    let url = Arc::new(url);
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (http, base, token, ids, stop) = (
-            http.clone(),
-            base.to_string(),
-            token.to_string(),
-            ids.clone(),
-            stop.clone(),
-        );
+        let (http, token, url, stop) = (http.clone(), token.to_string(), url.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             let mut n = 0u64;
-            let mut i = t * 7919;
             while !stop.load(Ordering::Relaxed) {
-                i = (i + 104_729) % ids.len();
                 let start = Instant::now();
-                let resp = http
-                    .get(format!("{base}/api/v1/agents/{}/status", ids[i]))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?;
+                let resp = http.get(url(t, n)).bearer_auth(&token).send().await?;
                 anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
                 let _ = resp.bytes().await?;
                 h.record(start.elapsed().as_micros() as u64)?;
@@ -362,41 +346,6 @@ async fn list_closed(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (http, base, token, stop) = (
-            http.clone(),
-            base.to_string(),
-            token.to_string(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let resp = http
-                    .get(format!("{base}/api/v1/agents?limit=1000"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
-                let _ = resp.bytes().await?;
-                h.record(start.elapsed().as_micros() as u64)?;
-                n += 1;
-            }
-            Ok::<_, anyhow::Error>((n, h))
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        let (n, h) = t.await??;
-        total += n;
-        hist.add(h)?;
-    }
-    Ok((total, hist))
+    let url = format!("{base}/api/v1/agents?limit=1000");
+    closed_loop(http, token, concurrency, duration, move |_, _| url.clone()).await
 }

@@ -115,3 +115,63 @@ pub fn register(id: &str) -> anyhow::Result<AgentCommand> {
         },
     })
 }
+
+/// A fresh database and streams of a benchmark's own, removed by [`Scratch::finish`].
+pub struct Scratch {
+    pub tag: String,
+    pub db_name: String,
+    pub admin: PgPool,
+    pub pool: PgPool,
+    pub client: async_nats::Client,
+    pub events: StreamSettings,
+    pub telemetry: opmas_store::TelemetrySettings,
+}
+
+impl Scratch {
+    /// Creates the database (pool of `size`) and the stream settings.
+    pub async fn new(servers: &Servers, size: u32) -> anyhow::Result<Self> {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let db_name = format!("opmas_bench_{tag}");
+        let admin = opmas_store::db::connect(&servers.database_url, 1).await?;
+        let pool = servers.fresh_db(&admin, &db_name, size).await?;
+        let client = async_nats::connect(&servers.nats_url).await?;
+        let events = StreamSettings::isolated(&format!("bench_{tag}"));
+        let telemetry = opmas_store::TelemetrySettings::isolated(&format!("bench_{tag}"));
+        Ok(Self {
+            tag,
+            db_name,
+            admin,
+            pool,
+            client,
+            events,
+            telemetry,
+        })
+    }
+
+    /// Deletes the streams and drops the database.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        for name in [
+            &self.events.name,
+            &self.telemetry.metrics_stream,
+            &self.telemetry.logs_stream,
+        ] {
+            let _ = js.delete_stream(name).await;
+        }
+        self.pool.close().await;
+        drop_db(&self.admin, &self.db_name).await
+    }
+}
+
+/// `bench NAME: postgres VERSION, N cores`.
+pub async fn header(name: &str, pool: &PgPool) -> anyhow::Result<String> {
+    Ok(format!(
+        "bench {name}: postgres {}, {} cores",
+        sqlx::query_scalar::<_, String>("show server_version")
+            .fetch_one(pool)
+            .await?,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    ))
+}

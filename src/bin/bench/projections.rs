@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use opmas::println_out as out;
 
-use crate::common::{Servers, drop_db, error_cmd, meta, register, write_path};
+use crate::common::{Scratch, Servers, error_cmd, header, meta, register, write_path};
 use opmas_domain::telemetry::MetricSample;
 use opmas_projections::{Config, Projector};
 use opmas_store::{AgentStore, StreamSettings, TelemetrySettings};
@@ -33,24 +33,16 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let db_name = format!("opmas_bench_{tag}");
-    let admin = opmas_store::db::connect(&args.servers.database_url, 1).await?;
-    let pool = args.servers.fresh_db(&admin, &db_name, 32).await?;
-    let client = async_nats::connect(&args.servers.nats_url).await?;
-    let events = StreamSettings::isolated(&format!("bench_{tag}"));
-    let telemetry = TelemetrySettings::isolated(&format!("bench_{tag}"));
-    let result = phases(&args, &pool, &client, &events, &telemetry).await;
-    let js = async_nats::jetstream::new(client.clone());
-    for name in [
-        &events.name,
-        &telemetry.metrics_stream,
-        &telemetry.logs_stream,
-    ] {
-        let _ = js.delete_stream(name).await;
-    }
-    pool.close().await;
-    drop_db(&admin, &db_name).await?;
+    let scratch = Scratch::new(&args.servers, 32).await?;
+    let result = phases(
+        &args,
+        &scratch.pool,
+        &scratch.client,
+        &scratch.events,
+        &scratch.telemetry,
+    )
+    .await;
+    scratch.finish().await?;
     result
 }
 
@@ -61,15 +53,7 @@ async fn phases(
     events: &StreamSettings,
     telemetry: &TelemetrySettings,
 ) -> anyhow::Result<()> {
-    out(&format!(
-        "bench projections: postgres {}, {} cores",
-        sqlx::query_scalar::<_, String>("show server_version")
-            .fetch_one(pool)
-            .await?,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    ));
+    out(&header("projections", pool).await?);
     let config = Config {
         events: events.clone(),
         telemetry: telemetry.clone(),
