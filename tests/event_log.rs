@@ -562,3 +562,52 @@ async fn republishing_after_a_lost_bookkeeping_step_adds_nothing() {
     delete_stream(&client, &settings).await;
     db.cleanup().await;
 }
+
+/// While commands keep being committed and published, `verify` does not
+/// report the events in flight as differences (found by docs-check: a
+/// crash-looping agent made `opmas events verify` fail now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_while_events_are_written_reports_no_difference() {
+    let db = TestDb::new().await;
+    let client = nats().await;
+    let settings = stream();
+    let js = async_nats::jetstream::new(client.clone());
+    let store = AgentStore::new(db.pool.clone());
+    let cancel = CancellationToken::new();
+    let relay_task = tokio::spawn(relay(&db, &client, &settings).run(cancel.clone()));
+    store
+        .execute("busy", register("busy"), meta("test"))
+        .await
+        .unwrap();
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writing = CancellationToken::new();
+    let writer = {
+        let (store, stop, written) = (store.clone(), writing.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                store
+                    .execute("busy", record_error(n), meta("test"))
+                    .await
+                    .unwrap();
+                n += 1;
+                written.store(n as u64, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    // Compare over and over while at least 500 events go by.
+    let mut rounds = 0;
+    while written.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+        let report = verify::verify(&db.pool, &js, &settings).await.unwrap();
+        assert!(report.is_clean(), "round {rounds}: {report:?}");
+        rounds += 1;
+    }
+    writing.cancel();
+    writer.await.unwrap();
+    assert!(rounds > 10, "only {rounds} comparisons");
+    cancel.cancel();
+    let _ = relay_task.await;
+    delete_stream(&client, &settings).await;
+    db.cleanup().await;
+}

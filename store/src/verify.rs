@@ -50,12 +50,58 @@ impl Report {
 }
 
 /// Compares the store with the stream. Events still in the outbox are counted
-/// as pending, not missing.
+/// as pending, not missing. While events are being written, one comparison
+/// can catch an event in flight (committed after the store was read, or
+/// published and taken from the outbox between the reads): a difference
+/// counts only if it is there in three comparisons, 300 ms apart.
 pub async fn verify(
     pool: &PgPool,
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<Report, Error> {
+    let mut report = compare_once(pool, js, settings).await?;
+    for _ in 0..2 {
+        if report.is_clean() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let again = compare_once(pool, js, settings).await?;
+        // Keep only what both saw.
+        let mut diffs = Vec::new();
+        for diff in again.diffs.iter() {
+            if let Some(before) = report.diffs.iter().find(|d| d.agent_id == diff.agent_id) {
+                let both = |a: &[i64], b: &[i64]| -> Vec<i64> {
+                    a.iter().filter(|s| b.contains(s)).copied().collect()
+                };
+                let kept = AgentDiff {
+                    agent_id: diff.agent_id.clone(),
+                    missing: both(&diff.missing, &before.missing),
+                    unexpected: both(&diff.unexpected, &before.unexpected),
+                    duplicates: both(&diff.duplicates, &before.duplicates),
+                    out_of_order: diff.out_of_order && before.out_of_order,
+                };
+                if !(kept.missing.is_empty()
+                    && kept.unexpected.is_empty()
+                    && kept.duplicates.is_empty()
+                    && !kept.out_of_order)
+                {
+                    diffs.push(kept);
+                }
+            }
+        }
+        report = Report { diffs, ..again };
+    }
+    Ok(report)
+}
+
+async fn compare_once(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Report, Error> {
+    // The stream first: what it holds was committed before, so the store
+    // read after it has every event the stream has.
+    let stream = read_stream(js, settings).await?;
     let mut store: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let rows = sqlx::query(
         "select aggregate_id, sequence from events where aggregate_type = 'Agent' \
@@ -76,7 +122,6 @@ pub async fn verify(
             .iter()
             .map(|r| (r.get("aggregate_id"), r.get("sequence")))
             .collect();
-    let stream = read_stream(js, settings).await?;
     let mut report = Report {
         store_events: rows.len() as u64,
         stream_messages: stream.values().map(|v| v.len() as u64).sum(),
