@@ -55,6 +55,8 @@ pub struct Metrics {
     consumer_lag: Family<ConsumerLabels, Gauge>,
     consumer_processed: Family<ConsumerLabels, Gauge>,
     relay_backlog: Gauge,
+    heartbeat_lost: Gauge,
+    restarts: Gauge,
     stream_messages: Gauge,
     scrape_seconds: F64Gauge,
     live_clients: Gauge,
@@ -75,6 +77,8 @@ impl Metrics {
         let consumer_lag = Family::<ConsumerLabels, Gauge>::default();
         let consumer_processed = Family::<ConsumerLabels, Gauge>::default();
         let relay_backlog = Gauge::default();
+        let heartbeat_lost = Gauge::default();
+        let restarts = Gauge::default();
         let stream_messages = Gauge::default();
         let scrape_seconds = F64Gauge::default();
         let live_clients = Gauge::default();
@@ -110,6 +114,16 @@ impl Metrics {
             relay_backlog.clone(),
         );
         registry.register(
+            "agents_heartbeat_lost",
+            "Registered agents whose heartbeat is lost",
+            heartbeat_lost.clone(),
+        );
+        registry.register(
+            "agent_restarts",
+            "Restarts of all registered agents, summed (rises while agents crash-loop)",
+            restarts.clone(),
+        );
+        registry.register(
             "events_stream_messages",
             "Messages in the domain events stream",
             stream_messages.clone(),
@@ -137,6 +151,8 @@ impl Metrics {
             consumer_lag,
             consumer_processed,
             relay_backlog,
+            heartbeat_lost,
+            restarts,
             stream_messages,
             scrape_seconds,
             live_clients,
@@ -205,17 +221,24 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
             sqlx::query_as("select name, stream, pending, processed from projection_consumers")
                 .fetch_all(pool)
                 .await?;
+        let (lost, restarts): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where heartbeat_lost), coalesce(sum(restart_count), 0)::bigint \
+             from agent_status where registered and not deregistered",
+        )
+        .fetch_one(pool)
+        .await?;
         let backlog = opmas_store::relay::backlog(pool)
             .await
             .map_err(|e| match e {
                 opmas_store::Error::Database(e) => e,
                 other => sqlx::Error::Protocol(other.to_string()),
             })?;
-        Ok::<_, sqlx::Error>((agents, consumers, backlog))
+        Ok::<_, sqlx::Error>((agents, consumers, backlog, lost, restarts))
     };
-    let (agents, consumers, backlog) = tokio::time::timeout(crate::PROBE_TIMEOUT, query)
-        .await
-        .map_err(|_| ApiError::unavailable("the database"))??;
+    let (agents, consumers, backlog, lost, restarts) =
+        tokio::time::timeout(crate::PROBE_TIMEOUT, query)
+            .await
+            .map_err(|_| ApiError::unavailable("the database"))??;
     m.agents.clear();
     for (status, health, n) in agents {
         m.agents
@@ -230,6 +253,8 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
         m.consumer_processed.get_or_create(&labels).set(processed);
     }
     m.relay_backlog.set(backlog);
+    m.heartbeat_lost.set(lost);
+    m.restarts.set(restarts);
     let js = async_nats::jetstream::new(state.nats().clone());
     let info = tokio::time::timeout(crate::PROBE_TIMEOUT, async {
         let mut stream = js.get_stream(&state.config().events.name).await.ok()?;

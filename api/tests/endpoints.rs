@@ -920,6 +920,23 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("opmas_relay_backlog"), "{text}");
     assert!(text.contains("opmas_projection_consumer_pending"), "{text}");
     assert!(text.contains("opmas_events_stream_messages 1"), "{text}");
+    assert!(text.contains("opmas_agents_heartbeat_lost 0"), "{text}");
+    assert!(text.contains("opmas_agent_restarts 0"), "{text}");
+    sqlx::query("update agent_status set heartbeat_lost = true, restart_count = 3")
+        .execute(&t.stack.db.pool)
+        .await
+        .unwrap();
+    let text = t
+        .http
+        .get(t.stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("opmas_agents_heartbeat_lost 1"), "{text}");
+    assert!(text.contains("opmas_agent_restarts 3"), "{text}");
     // a refused command is counted by its code
     let _ = t
         .admin(Method::POST, "/api/v1/agents/nobody/start", None)
