@@ -1208,3 +1208,30 @@ async fn secrets_are_redacted_in_every_response() {
     }
     t.stack.cleanup().await;
 }
+
+/// An agent registered a moment ago, not yet in the read model (here: no
+/// projector at all), is answered from the event store: a client reads what
+/// it just wrote. An unknown agent is still 404.
+#[tokio::test]
+async fn a_just_registered_agent_is_found_before_the_read_model_has_it() {
+    let stack = opmas_testkit::api::ApiStack::start_with(opmas_testkit::api::StackOptions {
+        projector: false,
+        ..Default::default()
+    })
+    .await;
+    let t = T {
+        stack,
+        http: Client::new(),
+    };
+    t.register("fresh").await;
+    let (s, v) = t.admin(Method::GET, "/api/v1/agents/fresh", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "registered");
+    assert_eq!(
+        v["spec"]["env"]["API_KEY"], "***",
+        "secrets redacted here too"
+    );
+    let (s, v) = t.admin(Method::GET, "/api/v1/agents/ghost", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "AGENT_NOT_FOUND"));
+    t.stack.cleanup().await;
+}

@@ -380,12 +380,27 @@ pub async fn get(
             as_of: Some(at),
         }));
     }
-    let (view, agent_state) = read_view(&state, &id).await?;
-    Ok(super::ok(AgentDetail {
-        agent: view,
-        spec: spec_of(&agent_state),
-        as_of: None,
-    }))
+    match read_view(&state, &id).await {
+        Ok((view, agent_state)) => Ok(super::ok(AgentDetail {
+            agent: view,
+            spec: spec_of(&agent_state),
+            as_of: None,
+        })),
+        Err(e) if e.code == "AGENT_NOT_FOUND" => {
+            // Registered a moment ago, not in the read model yet: answer from
+            // the event store (a client reads what it just wrote).
+            let (agent, sequence) = state.store().load(&id).await?;
+            if !agent.registered || agent.deregistered {
+                return Err(e);
+            }
+            Ok(super::ok(AgentDetail {
+                agent: AgentView::from_agent(&id, &agent, i64::try_from(sequence).unwrap_or(0)),
+                spec: agent.spec.as_ref().map(AgentSpec::redacted),
+                as_of: None,
+            }))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The status part of an agent (cheap; for polling).
