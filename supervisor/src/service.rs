@@ -98,7 +98,6 @@ impl Supervisor {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        self.reconcile_all(&workers_cancel).await;
         while !cancel.is_cancelled() {
             if let Err(err) = self.follow(&cancel, &workers_cancel).await {
                 warn!(error = %err, "event consumer failed; retrying");
@@ -106,7 +105,6 @@ impl Supervisor {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                self.reconcile_all(&workers_cancel).await;
             }
         }
         workers_cancel.cancel();
@@ -154,6 +152,11 @@ impl Supervisor {
             .await
             .map_err(Error::nats)?;
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
+        // Every agent once the consumer exists: a first consumer delivers only
+        // new events, so an event published before it was created (a Start
+        // during this supervisor's start) is seen here, not missed until the
+        // periodic reconcile.
+        self.reconcile_all(workers_cancel).await;
         let mut tick = tokio::time::interval(self.shared.config.reconcile_interval);
         tick.tick().await;
         loop {
