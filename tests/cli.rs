@@ -69,6 +69,19 @@ async fn dev_agent(text: &str, agent: &str) -> Option<serde_json::Value> {
     resp.json().await.ok()
 }
 
+/// `agent` as the API answers once it runs (or after 30 s, as last seen).
+async fn dev_agent_running(text: &str, agent: &str) -> serde_json::Value {
+    let mut last = None;
+    for _ in 0..300 {
+        last = dev_agent(text, agent).await;
+        if last.as_ref().is_some_and(|a| a["status"] == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last.unwrap_or_default()
+}
+
 /// `opmas dev` with nothing configured starts its own PostgreSQL and
 /// nats-server in the data directory, says it is ready, discovers, registers
 /// and starts the packages of its package roots, and on Ctrl-C stops both
@@ -93,6 +106,8 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
             .arg(dir.path())
             .arg("--package-root")
             .arg(packages.path())
+            // a free port: 8080 may be taken on the machine running the tests
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -116,15 +131,7 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
         assert!(text.contains("nats://127.0.0.1:"), "{text}");
         // The example package: registered and started (round 0), still the
         // same process, adopted (round 1).
-        let mut last = None;
-        for _ in 0..300 {
-            last = dev_agent(&text, "shell-ticker").await;
-            if last.as_ref().is_some_and(|a| a["status"] == "running") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let agent = last.unwrap_or_default();
+        let agent = dev_agent_running(&text, "shell-ticker").await;
         assert_eq!(agent["status"], "running", "round {round}: {agent}");
         let pid = agent["pid"].as_i64().unwrap();
         assert_eq!(
@@ -132,15 +139,7 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
             pid,
             "round {round}: started twice"
         );
-        let mut made = None;
-        for _ in 0..100 {
-            made = dev_agent(&text, "scaffolded").await;
-            if made.as_ref().is_some_and(|a| a["status"] == "running") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let made = made.unwrap_or_default();
+        let made = dev_agent_running(&text, "scaffolded").await;
         assert_eq!(
             made["status"], "running",
             "round {round}: the shell template: {made}"

@@ -66,6 +66,18 @@ impl T {
         v
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(self.stack.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the read model reflects `sequence` for `id`.
     async fn projected(&self, id: &str, sequence: i64) {
         let ok = eventually(Duration::from_secs(10), || async {
@@ -895,15 +907,7 @@ async fn health_readiness_and_metrics() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["checks"]["postgres"], "ok");
     assert_eq!(v["checks"]["nats"], "ok");
-    let text = t
-        .http
-        .get(t.stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics().await;
     assert!(
         text.contains("opmas_http_request_duration_seconds_bucket"),
         "{text}"
@@ -926,30 +930,14 @@ async fn health_readiness_and_metrics() {
         .execute(&t.stack.db.pool)
         .await
         .unwrap();
-    let text = t
-        .http
-        .get(t.stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics().await;
     assert!(text.contains("opmas_agents_heartbeat_lost 1"), "{text}");
     assert!(text.contains("opmas_agent_restarts 3"), "{text}");
     // a refused command is counted by its code
     let _ = t
         .admin(Method::POST, "/api/v1/agents/nobody/start", None)
         .await;
-    let text = t
-        .http
-        .get(t.stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics().await;
     assert!(
         text.contains("command=\"start\",outcome=\"agent_not_found\""),
         "{text}"
