@@ -437,20 +437,73 @@ async fn crash_loop_backs_off_then_fails() {
     h.finish().await;
 }
 
-/// A program that does not exist: the error is recorded, nothing crashes.
+/// A program that does not exist: the agent fails with the reason (it does
+/// not wait in `starting`), and a Start once the program is there runs it.
+/// A respawn after a crash that cannot find its program fails the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn missing_program_is_recorded_as_an_error() {
+async fn a_program_that_cannot_start_fails_the_agent() {
+    use std::os::unix::fs::PermissionsExt;
     let h = Harness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("agent.sh");
     let mut spec = spec();
-    spec.command = "/nonexistent/agent-binary".into();
+    spec.command = program.display().to_string();
+    spec.args = Vec::new();
+    spec.restart.initial_delay_ms = 200;
+    spec.restart.jitter = 0.0;
     h.register("ghost", spec).await;
     h.command("ghost", AgentCommand::Start).await;
     let agent = h
-        .wait_for("ghost", "an error", |a| a.last_error.is_some())
+        .wait_for("ghost", "failed", |a| a.status == ProcessStatus::Failed)
         .await;
     let error = agent.last_error.unwrap();
-    assert!(error.contains("/nonexistent/agent-binary"), "{error}");
-    assert_eq!(agent.status, ProcessStatus::Starting);
+    assert!(
+        error.starts_with("cannot start the process: program"),
+        "{error}"
+    );
+    assert!(error.contains(&program.display().to_string()), "{error}");
+    assert_eq!(agent.desired, opmas_domain::DesiredState::Running);
+    let events = h.events("ghost").await;
+    let spawn_errors = count(
+        &events,
+        |e| matches!(e, AgentEvent::ErrorRecorded { error_type, .. } if error_type == "SpawnFailed"),
+    );
+    assert_eq!(spawn_errors, 1, "{events:?}");
+    assert_eq!(
+        count(&events, |e| matches!(e, AgentEvent::ProcessStarted { .. })),
+        0
+    );
+
+    // The program appears (it runs 1 s, then exits 1); a Start runs it.
+    std::fs::write(&program, "#!/bin/sh\nsleep 1\nexit 1\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.command("ghost", AgentCommand::Start).await;
+    h.wait_for("ghost", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    // It goes away while the process runs: the respawn after the crash fails.
+    std::fs::remove_file(&program).unwrap();
+    let agent = h
+        .wait_for("ghost", "failed again", |a| {
+            a.status == ProcessStatus::Failed && a.pid.is_none()
+        })
+        .await;
+    assert!(
+        agent
+            .last_error
+            .unwrap()
+            .starts_with("cannot start the process"),
+        "the second failure is the spawn's, not the intensity limit's"
+    );
+    let events = h.events("ghost").await;
+    let exited = events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::ProcessExited { .. }))
+        .expect("the crash is recorded");
+    assert!(
+        matches!(events.last(), Some(AgentEvent::AgentFailed { .. })),
+        "{:?}",
+        &events[exited..]
+    );
     h.finish().await;
 }
 
@@ -1025,8 +1078,8 @@ async fn reload_recovery_uses_control_then_sighup() {
     h.finish().await;
 }
 
-/// An agent runs as the user its spec names; an unknown user is an error
-/// recorded on the agent, not a crash.
+/// An agent runs as the user its spec names; an unknown user fails the
+/// agent with the reason, not the supervisor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agents_run_as_their_user() {
     let h = Harness::new().await;
@@ -1064,8 +1117,9 @@ async fn agents_run_as_their_user() {
         .await;
     assert_eq!(
         agent.last_error.as_deref(),
-        Some("user `no-such-user-here` does not exist on this node")
+        Some("cannot start the process: user `no-such-user-here` does not exist on this node")
     );
+    assert_eq!(agent.status, ProcessStatus::Failed);
     h.finish().await;
 }
 

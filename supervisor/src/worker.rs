@@ -54,7 +54,6 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     proc: Option<Proc>,
     wake_at: Option<Instant>,
-    spawn_failures: u32,
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
     recovering: bool,
@@ -84,7 +83,6 @@ impl Worker {
             shared,
             proc: None,
             wake_at: None,
-            spawn_failures: 0,
             pid: Arc::default(),
             cancel: cancel.clone(),
             recovering: false,
@@ -289,26 +287,12 @@ impl Worker {
         };
         match self.spawn_process(spec) {
             Some(identity) => self.report_started(identity).await,
-            None => {
-                if self.spawn_failures == 1
-                    && let Some(error) = self.last_spawn_error.take()
-                {
-                    let _ = self
-                        .report(AgentCommand::RecordError {
-                            severity: Severity::Error,
-                            category: "process".into(),
-                            error_type: "SpawnFailed".into(),
-                            message: error,
-                            context: serde_json::json!({ "command": spec.command, "args": spec.args }),
-                        })
-                        .await;
-                }
-            }
+            None => self.report_spawn_failed(spec).await,
         }
     }
 
-    /// Starts the process and takes charge of it; on failure, schedules a
-    /// retry with growing delays and keeps the error for the caller.
+    /// Starts the process and takes charge of it; on failure, keeps the
+    /// error for [`Self::report_spawn_failed`].
     fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
         let sizes = self.shared.logs.sizes(&self.id);
         match Proc::spawn(
@@ -318,21 +302,39 @@ impl Worker {
             self.shared.cgroups.as_ref(),
         ) {
             Ok(proc) => {
-                self.spawn_failures = 0;
+                self.last_spawn_error = None;
                 info!(agent_id = %self.id, pid = proc.identity.pid, "started");
                 let identity = proc.identity.clone();
                 self.watch(proc, spec, Some(sizes));
                 Some(identity)
             }
             Err(err) => {
-                self.spawn_failures += 1;
                 warn!(agent_id = %self.id, error = %err, "spawn failed");
-                let delay = spec.restart.initial_delay_ms.max(1_000) << self.spawn_failures.min(5);
-                self.wake_in(Duration::from_millis(
-                    delay.min(spec.restart.max_delay_ms.max(1_000)),
-                ));
                 self.last_spawn_error = Some(err.to_string());
                 None
+            }
+        }
+    }
+
+    /// The process could not be started: the agent fails with the reason
+    /// (the restart policy's cooldown, or an operator's Start, tries again).
+    async fn report_spawn_failed(&mut self, spec: &AgentSpec) {
+        let Some(message) = self.last_spawn_error.take() else {
+            return;
+        };
+        let fact = AgentCommand::ReportSpawnFailed {
+            message: message.clone(),
+            context: serde_json::json!({ "command": spec.command, "args": spec.args }),
+        };
+        match self.report(fact).await {
+            Ok(_) => {}
+            Err(CommandError::Rejected(err)) => {
+                debug!(agent_id = %self.id, error = %err, "spawn failure not recorded: the agent moved on");
+            }
+            Err(err) => {
+                warn!(agent_id = %self.id, error = %err, "cannot report the spawn failure; retrying");
+                self.last_spawn_error = Some(message);
+                self.wake_in(RETRY);
             }
         }
     }
@@ -543,8 +545,14 @@ impl Worker {
             None => None,
         };
         self.report_exit(fact).await;
-        if let Some(identity) = replacement {
-            self.report_started(identity).await;
+        match replacement {
+            Some(identity) => self.report_started(identity).await,
+            None if self.last_spawn_error.is_some() => {
+                if let Some(spec) = self.shared.store.cached(&self.id).and_then(|(a, _)| a.spec) {
+                    self.report_spawn_failed(&spec).await;
+                }
+            }
+            None => {}
         }
     }
 

@@ -61,6 +61,13 @@ pub enum AgentCommand {
         at: DateTime<Utc>,
         jitter_sample: f64,
     },
+    /// The process could not be started at all (program missing, working
+    /// directory gone, secrets that cannot be opened...): the agent fails
+    /// with `message` as its reason, instead of waiting in `starting`.
+    ReportSpawnFailed {
+        message: String,
+        context: serde_json::Value,
+    },
     /// The process we asked to stop is gone (or was never spawned).
     ReportStopped {
         at: DateTime<Utc>,

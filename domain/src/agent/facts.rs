@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::error::AgentError;
 use super::event::AgentEvent;
 use super::handlers::{Events, none, one};
-use super::state::{Agent, DesiredState, Health, ProcessIdentity, ProcessStatus};
+use super::state::{Agent, DesiredState, Health, ProcessIdentity, ProcessStatus, Severity};
 use crate::backoff::{self, ExitKind, RestartDecision};
 use crate::spec::AgentSpec;
 
@@ -93,6 +93,35 @@ impl Agent {
             });
         }
         Ok(events)
+    }
+
+    /// A process that could not even be spawned fails the agent at once (as
+    /// systemd fails a unit whose `ExecStart` cannot run): retrying a
+    /// missing program in a loop would only hide it. The restart policy's
+    /// `failed_cooldown_ms`, or an operator's Start, tries again.
+    pub(super) fn spawn_failed(&self, message: String, context: serde_json::Value) -> Events {
+        use ProcessStatus as S;
+        if message.trim().is_empty() {
+            return Err(AgentError::validation("message", "must not be empty"));
+        }
+        match (self.status, self.desired) {
+            (S::Starting | S::Backoff, DesiredState::Running) => Ok(vec![
+                AgentEvent::ErrorRecorded {
+                    severity: Severity::Error,
+                    category: "process".to_owned(),
+                    error_type: "SpawnFailed".to_owned(),
+                    message: message.clone(),
+                    context,
+                },
+                AgentEvent::AgentFailed {
+                    reason: format!("cannot start the process: {message}"),
+                    restarts_in_period: 0,
+                },
+            ]),
+            (status, desired) => Err(AgentError::stale(format!(
+                "spawn failure reported while the agent is {status} (desired {desired})"
+            ))),
+        }
     }
 
     pub(super) fn stopped(&self, at: DateTime<Utc>) -> Events {

@@ -68,6 +68,7 @@ impl Agent {
                 },
                 jitter_sample,
             ),
+            C::ReportSpawnFailed { message, context } => self.spawn_failed(message, context),
             C::ReportStopped { at } => self.stopped(at),
             C::ReportHealth { health, reason } => self.report_health(health, reason),
             C::ReportHeartbeatLost { last_seen } => self.heartbeat_lost(last_seen),

@@ -42,6 +42,8 @@
 //! | ReportProcessExited | policy restarts | ProcessExited(Restart) | backoff; window records it |
 //! | ReportProcessExited | policy does not restart | ProcessExited(DoNotRestart) | stopped, desired stopped |
 //! | ReportProcessExited | intensity exceeded | ProcessExited(GiveUp), AgentFailed | failed |
+//! | ReportSpawnFailed | starting, backoff; desired running | ErrorRecorded(SpawnFailed), AgentFailed | failed |
+//! | ReportSpawnFailed | otherwise | *StaleFact* | |
 //! | ReportStopped | stopping | ProcessStopped | stopped (starting if restarting) |
 //! | ReportStopped | no process | — | |
 //! | ReportHealth | running, degraded; health differs | HealthChanged | degraded on warning/critical, running on healthy |

@@ -97,6 +97,10 @@ fn all_other_commands() -> Vec<AgentCommand> {
             jitter_sample: 0.5,
         },
         C::ReportStopped { at: t(0) },
+        C::ReportSpawnFailed {
+            message: "program `x` not found".into(),
+            context: json!({}),
+        },
         C::ReportHealth {
             health: Health::Healthy,
             reason: "ok".into(),

@@ -240,3 +240,74 @@ fn report_stopped_completes_a_stop() {
     assert_eq!(agent.status, ProcessStatus::Starting, "a restart continues");
     assert!(stale(run(running(), stop())).contains("report the exit instead"));
 }
+
+#[test]
+fn a_spawn_failure_fails_the_agent_and_a_start_tries_again() {
+    let spawn_failed = || AgentCommand::ReportSpawnFailed {
+        message: "program `web` not found".into(),
+        context: json!({"command": "web"}),
+    };
+    let starting = with(registered(), &[AgentEvent::StartRequested]);
+    let (events, agent) = run(starting, spawn_failed()).expect("fails the agent");
+    assert_eq!(
+        events,
+        vec![
+            AgentEvent::ErrorRecorded {
+                severity: Severity::Error,
+                category: "process".into(),
+                error_type: "SpawnFailed".into(),
+                message: "program `web` not found".into(),
+                context: json!({"command": "web"}),
+            },
+            AgentEvent::AgentFailed {
+                reason: "cannot start the process: program `web` not found".into(),
+                restarts_in_period: 0,
+            },
+        ]
+    );
+    assert_eq!(agent.status, ProcessStatus::Failed);
+    assert_eq!(agent.desired, DesiredState::Running);
+    assert_eq!(
+        agent.last_error.as_deref(),
+        Some("cannot start the process: program `web` not found")
+    );
+
+    // Failed: a Start asks again; a second report is stale.
+    let failed = with(with(registered(), &[AgentEvent::StartRequested]), &events);
+    expect(
+        failed.clone(),
+        AgentCommand::Start,
+        vec![AgentEvent::StartRequested],
+    );
+    assert!(stale(run(failed, spawn_failed())).contains("failed"));
+
+    // After a crash, in backoff, the respawn can fail too.
+    let crashed = AgentCommand::ReportProcessExited {
+        pid: 100,
+        code: Some(1),
+        signal: None,
+        at: t(5),
+        jitter_sample: 0.5,
+    };
+    let (exit, agent) = run(running(), crashed).expect("exits");
+    assert_eq!(agent.status, ProcessStatus::Backoff);
+    let (events, agent) = run(with(running(), &exit), spawn_failed()).expect("fails from backoff");
+    assert_eq!(events.len(), 2);
+    assert_eq!(agent.status, ProcessStatus::Failed);
+
+    // Not while running, stopped or meant to stop.
+    assert!(stale(run(running(), spawn_failed())).contains("running"));
+    assert!(stale(run(registered(), spawn_failed())).contains("registered"));
+    let empty = AgentCommand::ReportSpawnFailed {
+        message: " ".into(),
+        context: json!({}),
+    };
+    refuse(
+        with(registered(), &[AgentEvent::StartRequested]),
+        empty,
+        AgentError::Validation {
+            field: "message".into(),
+            message: "must not be empty".into(),
+        },
+    );
+}
