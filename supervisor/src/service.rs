@@ -76,6 +76,9 @@ impl Supervisor {
                 metrics,
                 client: client.clone(),
                 cgroups,
+                spawns: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
             }),
             client,
             workers: HashMap::new(),
@@ -185,8 +188,13 @@ impl Supervisor {
                         let _ = message.ack().await;
                         continue;
                     };
+                    let seen = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(opmas_store::stream::headers::SEQUENCE))
+                        .and_then(|v| v.as_str().parse::<usize>().ok());
                     let (done, acted) = oneshot::channel();
-                    self.send(&agent, Some(done), workers_cancel);
+                    self.send(&agent, Some(done), seen, workers_cancel);
                     // Ack once the worker has acted on it (its reports are durable).
                     tokio::spawn(async move {
                         if acted.await.is_ok() {
@@ -202,26 +210,40 @@ impl Supervisor {
         match self.shared.store.agent_ids().await {
             Ok(ids) => {
                 for id in ids {
-                    self.send(&id, None, workers_cancel);
+                    self.send(&id, None, None, workers_cancel);
                 }
             }
             Err(err) => warn!(error = %err, "cannot list agents"),
         }
     }
 
-    fn send(&mut self, agent: &str, done: Option<oneshot::Sender<()>>, cancel: &CancellationToken) {
+    fn send(
+        &mut self,
+        agent: &str,
+        done: Option<oneshot::Sender<()>>,
+        seen: Option<usize>,
+        cancel: &CancellationToken,
+    ) {
         let shared = &self.shared;
         let tx = self
             .workers
             .entry(agent.to_string())
             .or_insert_with(|| Worker::start(agent.to_string(), shared.clone(), cancel.clone()));
-        match tx.try_send(Msg::Reconcile(done)) {
+        match tx.try_send(Msg::Reconcile { done, seen }) {
             Ok(()) => {}
             // A full queue already holds a reconcile that will see this change.
-            Err(mpsc::error::TrySendError::Full(Msg::Reconcile(Some(done)))) => {
+            Err(mpsc::error::TrySendError::Full(Msg::Reconcile {
+                done: Some(done),
+                seen,
+            })) => {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(Msg::Reconcile(Some(done))).await;
+                    let _ = tx
+                        .send(Msg::Reconcile {
+                            done: Some(done),
+                            seen,
+                        })
+                        .await;
                 });
             }
             Err(_) => {}

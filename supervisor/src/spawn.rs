@@ -1,12 +1,17 @@
 //! Starting an agent's process from its [`AgentSpec`]: argv exec (never a
 //! shell), cleared environment plus the declared one and the OPMAS variables,
-//! working directory, output to the agent's log files, a new session (so the
-//! whole process group can be signalled), and resource limits.
+//! working directory, output to the agent's log files, its own process group
+//! (so the whole group can be signalled), and resource limits.
+//!
+//! A process that needs nothing done in the child before `exec` (no rlimit,
+//! no cgroup, no user switch) is started with `posix_spawn` (a vfork: no copy
+//! of the supervisor's page tables), which is most of the cost of a `fork`
+//! in a large supervisor (see docs/adr/0005-agent-process-groups-and-posix-spawn.md).
 //!
 //! This is the one module with `unsafe` code, in two places:
 //! - `CommandExt::pre_exec` is unsafe because its closure runs in the forked
 //!   child before `exec`, where only async-signal-safe calls are allowed. Ours
-//!   makes two kinds of plain system calls, `setsid(2)` and `setrlimit(2)`, on
+//!   makes two kinds of plain system calls, `write(2)` and `setrlimit(2)`, on
 //!   values computed before the fork; it allocates nothing and takes no lock.
 //! - registering a pidfd with Tokio's reactor (`AsyncFd::register`) is unsafe
 //!   because the reactor must not outlive the descriptor: the `OwnedFd` is
@@ -75,7 +80,7 @@ struct Limits {
     nproc: Option<u64>,
 }
 
-/// Spawns the process; it is the leader of a new session and process group.
+/// Spawns the process; it is the leader of a new process group.
 pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
     let spec = launch.spec;
     let workdir = spec.working_dir.as_deref().map(PathBuf::from);
@@ -123,18 +128,23 @@ pub fn spawn(launch: Launch<'_>) -> Result<tokio::process::Child, SpawnError> {
         cpu: spec.limits.cpu_seconds,
         nproc: spec.limits.processes,
     };
+    // setpgid in the child (posix_spawn's POSIX_SPAWN_SETPGROUP when no
+    // pre_exec closure is set).
+    cmd.process_group(0);
     let cgroup = launch.cgroup;
-    // SAFETY: the closure only calls write(2) on a descriptor opened before
-    // the fork, setsid(2) and setrlimit(2) with values copied in before the
-    // fork; all are async-signal-safe, nothing allocates or locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = &cgroup {
-                // "0": the writing process itself joins the group.
-                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
-            }
-            child_setup(limits)
-        });
+    if cgroup.is_some() || limits.any() {
+        // SAFETY: the closure only calls write(2) on a descriptor opened
+        // before the fork and setrlimit(2) with values copied in before the
+        // fork; both are async-signal-safe, nothing allocates or locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = &cgroup {
+                    // "0": the writing process itself joins the group.
+                    nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+                }
+                child_setup(limits)
+            });
+        }
     }
     cmd.spawn().map_err(|source| SpawnError::Exec {
         program: program.display().to_string(),
@@ -173,8 +183,13 @@ fn account(spec: &AgentSpec) -> Result<(Option<u32>, Option<u32>), SpawnError> {
     Ok((user.map(|u| u.uid.as_raw()), gid))
 }
 
+impl Limits {
+    fn any(&self) -> bool {
+        self.data.is_some() || self.nofile.is_some() || self.cpu.is_some() || self.nproc.is_some()
+    }
+}
+
 fn child_setup(limits: Limits) -> std::io::Result<()> {
-    nix::unistd::setsid().map_err(std::io::Error::from)?;
     let pairs = [
         (Resource::RLIMIT_DATA, limits.data),
         (Resource::RLIMIT_NOFILE, limits.nofile),

@@ -29,7 +29,12 @@ use crate::{Config, identity};
 /// What a worker is asked to do.
 pub(crate) enum Msg {
     /// Compare desired and observed state and act; answer when done.
-    Reconcile(Option<oneshot::Sender<()>>),
+    /// `seen` is the sequence of the agent's event that asked for it (none
+    /// for the periodic safety net, which always reads the event store).
+    Reconcile {
+        done: Option<oneshot::Sender<()>>,
+        seen: Option<usize>,
+    },
     /// The heartbeat monitor saw a transition.
     Heartbeat(Transition),
     /// The sampler saw a limit exceeded for its whole window.
@@ -47,6 +52,9 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     /// The agents' cgroups, when used on this node.
     pub cgroups: Option<crate::cgroup::Cgroups>,
+    /// Spawns in progress at once (one per core): a bulk start queues here
+    /// instead of filling the blocking pool with hundreds of threads.
+    pub spawns: tokio::sync::Semaphore,
 }
 
 pub(crate) struct Worker {
@@ -61,6 +69,10 @@ pub(crate) struct Worker {
     /// operator's recovery is carried out once).
     handled_recovery: Option<u32>,
     failed_retry_at: Option<Instant>,
+    /// The highest sequence of this agent seen in an event or committed by
+    /// this worker: the store's cached agent at or past it is fresh enough
+    /// to decide on (anything later arrives as another event).
+    known: usize,
     last_spawn_error: Option<String>,
     /// Required agents not yet healthy, as last reported.
     waiting: Vec<String>,
@@ -88,6 +100,7 @@ impl Worker {
             recovering: false,
             handled_recovery: None,
             failed_retry_at: None,
+            known: 0,
             last_spawn_error: None,
             waiting: Vec::new(),
             applied_config: None,
@@ -102,8 +115,14 @@ impl Worker {
             let wake = self.wake_at;
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Reconcile(done)) => {
-                        self.reconcile().await;
+                    Some(Msg::Reconcile { done, seen }) => {
+                        match seen {
+                            Some(seen) => {
+                                self.known = self.known.max(seen);
+                                self.reconcile().await;
+                            }
+                            None => self.reconcile_from_store().await,
+                        }
                         if let Some(done) = done {
                             let _ = done.send(());
                         }
@@ -134,12 +153,15 @@ impl Worker {
             .to_map()
     }
 
-    async fn report(&self, command: AgentCommand) -> Result<Vec<AgentEvent>, CommandError> {
+    async fn report(&mut self, command: AgentCommand) -> Result<Vec<AgentEvent>, CommandError> {
         let events = self
             .shared
             .store
             .execute_with_retry(&self.id, command, self.meta(), 20)
             .await?;
+        if let Some(last) = events.last() {
+            self.known = self.known.max(last.sequence);
+        }
         Ok(events.into_iter().map(|e| e.payload).collect())
     }
 
@@ -155,15 +177,38 @@ impl Worker {
         });
     }
 
+    /// Reconciles on the agent as the store last saw it when that is at
+    /// least as recent as every event this worker has seen (the usual case:
+    /// the event was this process's own command, or this worker's fact);
+    /// otherwise on the stored state.
     async fn reconcile(&mut self) {
+        let cached = self
+            .shared
+            .store
+            .cached(&self.id)
+            .filter(|(_, sequence)| self.known > 0 && *sequence >= self.known);
+        match cached {
+            Some((agent, _)) => self.reconcile_on(agent).await,
+            None => self.reconcile_from_store().await,
+        }
+    }
+
+    async fn reconcile_from_store(&mut self) {
         let agent = match self.shared.store.load(&self.id).await {
-            Ok((agent, _)) => agent,
+            Ok((agent, sequence)) => {
+                self.known = self.known.max(sequence);
+                agent
+            }
             Err(err) => {
                 warn!(agent_id = %self.id, error = %err, "cannot load agent; retrying");
                 self.wake_in(RETRY);
                 return;
             }
         };
+        self.reconcile_on(agent).await;
+    }
+
+    async fn reconcile_on(&mut self, agent: Agent) {
         if !agent.registered || agent.deregistered || !self.placed_here(&agent) {
             self.stop_now();
             return;
@@ -285,7 +330,7 @@ impl Worker {
         let Some(spec) = agent.spec.as_ref() else {
             return;
         };
-        match self.spawn_process(spec) {
+        match self.spawn_process(spec).await {
             Some(identity) => self.report_started(identity).await,
             None => self.report_spawn_failed(spec).await,
         }
@@ -293,14 +338,30 @@ impl Worker {
 
     /// Starts the process and takes charge of it; on failure, keeps the
     /// error for [`Self::report_spawn_failed`].
-    fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
+    ///
+    /// The spawn (log files, config file, cgroup, `posix_spawn` or `fork`)
+    /// is blocking file-system work: it runs on Tokio's blocking pool, so
+    /// that hundreds of agents starting at once do not starve the commits
+    /// and NATS traffic of the runtime's threads.
+    async fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
         let sizes = self.shared.logs.sizes(&self.id);
-        match Proc::spawn(
-            &self.id,
-            spec,
-            &self.shared.config,
-            self.shared.cgroups.as_ref(),
-        ) {
+        let (shared, id, owned) = (self.shared.clone(), self.id.clone(), spec.clone());
+        let spawned = async {
+            let _permit = shared.spawns.acquire().await;
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                Proc::spawn(&id, &owned, &shared.config, shared.cgroups.as_ref())
+            })
+            .await
+        }
+        .await
+        .unwrap_or_else(|join| {
+            Err(crate::spawn::SpawnError::Exec {
+                program: spec.command.clone(),
+                source: std::io::Error::other(join.to_string()),
+            })
+        });
+        match spawned {
             Ok(proc) => {
                 self.last_spawn_error = None;
                 info!(agent_id = %self.id, pid = proc.identity.pid, "started");
@@ -540,7 +601,7 @@ impl Worker {
         let replacement = match self.immediate_restart(&fact) {
             Some(spec) => {
                 debug!(agent_id = %self.id, "restarting before the exit is committed");
-                self.spawn_process(&spec)
+                self.spawn_process(&spec).await
             }
             None => None,
         };

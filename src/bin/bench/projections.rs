@@ -200,6 +200,8 @@ async fn ingestion(
             .await?;
     }
     client.flush().await?;
+    let published = start.elapsed();
+    let mut stored = None;
     loop {
         let raw: i64 = sqlx::query_scalar("select count(*) from agent_metric_samples")
             .fetch_one(pool)
@@ -207,7 +209,16 @@ async fn ingestion(
         let dirty: i64 = sqlx::query_scalar("select count(*) from agent_metric_dirty")
             .fetch_one(pool)
             .await?;
+        if raw as usize >= args.samples && stored.is_none() {
+            stored = Some(start.elapsed());
+        }
         if raw as usize >= args.samples && dirty == 0 {
+            out(&format!(
+                "  (3) parts: all published (and flushed) after {:.2} s; all raw rows stored after {:.2} s; rollups done after {:.2} s",
+                published.as_secs_f64(),
+                stored.unwrap_or_default().as_secs_f64(),
+                start.elapsed().as_secs_f64()
+            ));
             break;
         }
         anyhow::ensure!(
