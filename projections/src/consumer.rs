@@ -1,7 +1,7 @@
 //! The loop shared by every projector: a durable JetStream pull consumer
 //! whose ready messages are written as one batch, in one transaction that
-//! also stores the consumer's checkpoint and lag; messages are acked only
-//! after that commit. A failed batch is retried as is (never skipped), so a
+//! also stores the consumer's checkpoint and lag; the batch is acked only
+//! after that commit, by one ack of its last message (`AckPolicy::All`). A failed batch is retried as is (never skipped), so a
 //! checkpoint never passes an unwritten message.
 
 use std::collections::BTreeMap;
@@ -9,12 +9,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, Message, consumer::pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::Error;
 
@@ -111,13 +112,46 @@ impl<S: Sink> Consumer<S> {
             .get_stream(&self.stream)
             .await
             .map_err(Error::nats)?;
-        let config = pull::Config {
+        let mut config = pull::Config {
             durable_name: Some(self.name.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // One ack per batch: acking its last message acks the batch.
+            ack_policy: AckPolicy::All,
             ack_wait: self.ack_wait,
             max_ack_pending: i64::try_from(self.batch.saturating_mul(4)).unwrap_or(i64::MAX),
             ..Default::default()
         };
+        // A durable from an earlier version acked each message; NATS cannot
+        // change a consumer's ack policy, so it is replaced by one that
+        // starts after the checkpoint in Postgres (when the stream still
+        // reaches it: a recreated stream starts over and is read whole).
+        if let Ok(info) = stream.consumer_info(&self.name).await
+            && info.config.ack_policy != AckPolicy::All
+        {
+            let checkpoint: i64 = sqlx::query_scalar(CHECKPOINT)
+                .bind(&self.name)
+                .bind(&self.stream)
+                .fetch_one(&self.pool)
+                .await?;
+            let last = stream
+                .get_info()
+                .await
+                .map_err(Error::nats)?
+                .state
+                .last_sequence;
+            if let Ok(done) = u64::try_from(checkpoint)
+                && done > 0
+                && done <= last
+            {
+                config.deliver_policy = DeliverPolicy::ByStartSequence {
+                    start_sequence: done + 1,
+                };
+            }
+            info!(consumer = %self.name, checkpoint, "replacing the durable consumer (its ack policy changed)");
+            stream
+                .delete_consumer(&self.name)
+                .await
+                .map_err(Error::nats)?;
+        }
         let consumer = stream
             .get_or_create_consumer(&self.name, config)
             .await
@@ -145,25 +179,27 @@ impl<S: Sink> Consumer<S> {
             if batch.is_empty() {
                 continue;
             }
-            self.write_until_done(&batch, cancel).await;
-            for msg in &batch {
-                if let Err(err) = msg.ack().await {
-                    warn!(consumer = %self.name, error = %err, "ack failed (will be redelivered)");
-                }
+            if !self.write_until_done(&batch, cancel).await {
+                return Ok(()); // cancelled: unacked, redelivered to the next run
+            }
+            if let Some(last) = batch.last()
+                && let Err(err) = last.ack().await
+            {
+                warn!(consumer = %self.name, error = %err, "ack failed (will be redelivered)");
             }
         }
     }
 
-    /// Retries the batch until it is written (or cancelled: then it is not
-    /// acked and will be redelivered).
-    async fn write_until_done(&self, batch: &[Message], cancel: &CancellationToken) {
+    /// Retries the batch until it is written (true), or cancelled (false:
+    /// then it is not acked and will be redelivered).
+    async fn write_until_done(&self, batch: &[Message], cancel: &CancellationToken) -> bool {
         loop {
             match self.write(batch).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(err) => warn!(consumer = %self.name, error = %err, "batch failed; retrying"),
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return false,
                 _ = tokio::time::sleep(self.retry_delay) => {}
             }
         }

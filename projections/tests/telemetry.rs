@@ -320,3 +320,127 @@ async fn log_search_finds_lines_by_text_and_level_and_retention_drops_old_ones()
     streams.cleanup().await;
     db.cleanup().await;
 }
+
+/// A durable consumer left by an earlier version (explicit acks, one per
+/// message) is replaced by one acking each batch once, which starts after
+/// the checkpoint in Postgres: nothing is written twice, nothing skipped,
+/// and once caught up nothing is left unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_explicit_ack_consumer_is_replaced_and_resumes_after_the_checkpoint() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    let db = TestDb::new().await;
+    let streams = Streams::new().await;
+    let js = streams.js();
+    let config = streams.config();
+    let name = format!("{}_metrics", config.consumer_prefix);
+    let publish = |s: MetricSample| {
+        let js = js.clone();
+        let subject = streams.telemetry.metrics_subject(&s.agent_id);
+        async move {
+            js.publish(subject, serde_json::to_vec(&s).unwrap().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        }
+    };
+    let base = at(Utc::now().timestamp() / 60 * 60 - 600);
+    // Five samples "already written" by the old version: the checkpoint
+    // says so, and their rows are not in the table (so a re-read shows).
+    let mut last = 0;
+    for i in 0..5 {
+        last = publish(sample("old", base + chrono::Duration::seconds(i), 1.0, 1)).await;
+    }
+    let stream = js
+        .get_stream(&streams.telemetry.metrics_stream)
+        .await
+        .unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into projection_consumers (name, stream, stream_sequence) values ($1, $2, $3)",
+    )
+    .bind(&name)
+    .bind(&streams.telemetry.metrics_stream)
+    .bind(i64::try_from(last).unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for i in 0..7 {
+        publish(sample("new", base + chrono::Duration::seconds(i), 2.0, 2)).await;
+    }
+
+    let cancel = CancellationToken::new();
+    let projector = streams.projector(&db, config, &cancel);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(
+                &db,
+                "select count(*) from agent_metric_samples where agent_id = 'new'",
+            )
+            .await
+                == 7
+        })
+        .await
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from agent_metric_samples where agent_id = 'old'"
+        )
+        .await,
+        0,
+        "messages at or before the checkpoint are not delivered again"
+    );
+    let mut info = stream.consumer_info(&name).await.unwrap();
+    assert_eq!(info.config.ack_policy, AckPolicy::All);
+    // Every delivered batch is acknowledged (by its last message).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let stream = stream.clone();
+            let name = name.clone();
+            async move {
+                let info = stream.consumer_info(&name).await.unwrap();
+                info.num_ack_pending == 0 && info.num_pending == 0
+            }
+        })
+        .await
+    );
+    // A new sample after the switch goes through the replaced consumer.
+    let next = publish(sample("new", base + chrono::Duration::seconds(30), 3.0, 3)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(
+                &db,
+                "select count(*) from agent_metric_samples where agent_id = 'new'",
+            )
+            .await
+                == 8
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let stream = stream.clone();
+            let name = name.clone();
+            async move {
+                let info = stream.consumer_info(&name).await.unwrap();
+                info.ack_floor.stream_sequence == next
+            }
+        })
+        .await
+    );
+    info = stream.consumer_info(&name).await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    cancel.cancel();
+    projector.await.unwrap();
+    streams.cleanup().await;
+    db.cleanup().await;
+}
