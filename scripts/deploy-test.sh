@@ -159,8 +159,9 @@ set -a
 set +a
 nats_url="nats://127.0.0.1:${port[1]}"
 printf '%s' "$(pw)$(pw)" > "$work/jwt-main.key"
+(umask 077; python3 -c 'import secrets; print(secrets.token_hex(64))' > "$work/secret.key")
 export OPMAS_DATABASE_URL="${admin%/*}/$db_a" OPMAS_NATS_URL="$nats_url" OPMAS_DB_MAX_CONNECTIONS=8 \
-  OPMAS_JWT_KEYS="main:HS256:secret-file=$work/jwt-main.key" \
+  OPMAS_JWT_KEYS="main:HS256:secret-file=$work/jwt-main.key" OPMAS_SECRET_KEY_FILE="$work/secret.key" \
   OPMAS_MANAGEMENT_API_URL="http://127.0.0.1:${port[9]}" OPMAS_LOGS_MAX_BYTES=$((16 << 20)) OPMAS_SAMPLE_INTERVAL=1s
 [ "$OPMAS_EVENTS_REPLICAS" = 3 ] || die "the env example should ask for 3 replicas"
 export OPMAS_SERVER="http://127.0.0.1:${port[9]}"

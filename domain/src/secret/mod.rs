@@ -49,22 +49,14 @@ pub fn is_sealed(text: &str) -> bool {
 /// Why a secret could not be sealed or opened. `field` is dotted, as in
 /// validation errors: `env.DB_PASSWORD`, `config.db.password`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{}`: {}", self.field(), self.reason())]
 pub enum SealError {
     /// A secret arrived and this process has no key to seal it with.
-    #[error(
-        "`{field}` is a secret, and secrets are sealed before they are stored, but this process has no secret key: {KEY_HINT}"
-    )]
     NoKeyToSeal { field: String },
     /// A sealed value and no key to open it with.
-    #[error("`{field}` is sealed and this process has no secret key to open it: {KEY_HINT}")]
     NoKeyToOpen { field: String },
     /// The value does not open with this key at this field: sealed with
     /// another key, moved from another field, or altered.
-    #[error(
-        "`{field}`: the sealed value does not open with this process's secret key \
-         (sealed with another key, copied from another field, or altered): \
-         use the key file the API and discovery seal with"
-    )]
     Unauthentic { field: String },
 }
 
@@ -74,6 +66,22 @@ impl SealError {
         match self {
             Self::NoKeyToSeal { field } | Self::NoKeyToOpen { field } => field,
             Self::Unauthentic { field } => field,
+        }
+    }
+
+    /// What is wrong and what to do, without the field.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::NoKeyToSeal { .. } => format!(
+                "is a secret; secrets are sealed before they are stored, and this process has no secret key: {KEY_HINT}"
+            ),
+            Self::NoKeyToOpen { .. } => {
+                format!("is sealed, and this process has no secret key to open it: {KEY_HINT}")
+            }
+            Self::Unauthentic { .. } => "the sealed value does not open with this process's \
+                secret key (sealed with another key, copied from another field, or altered): \
+                use the key file the API and discovery seal with"
+                .to_owned(),
         }
     }
 }
