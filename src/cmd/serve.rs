@@ -3,15 +3,13 @@
 
 use std::num::NonZeroU32;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use opmas_api::{ApiConfig, AppState};
+use opmas_domain::secret::SecretKey;
 use opmas_store::{AgentStore, OutboxNotifier, Relay};
 use tokio_util::sync::CancellationToken;
-
-use std::sync::Arc;
-
-use opmas_domain::secret::SecretKey;
 
 use crate::cli::{ApiArgs, ApiRoleArgs, Global, Role, ServeArgs};
 
