@@ -11,7 +11,8 @@
 #  3. runs the commands of the three systemd units (migrate + api/relay,
 #     projector, supervisor) with the example env file against the cluster
 #     and a fresh database; registers agents through the API (API token and
-#     JWT), lets one crash until it fails;
+#     JWT; one with a secret, sealed in the store and clear for the agent),
+#     lets one crash until it fails;
 #  4. checks that every series the alert rules and the dashboard use is in
 #     the real /metrics;
 #  5. backs up with deploy/backup/opmas-backup.sh, stops the services (the
@@ -159,8 +160,9 @@ set -a
 set +a
 nats_url="nats://127.0.0.1:${port[1]}"
 printf '%s' "$(pw)$(pw)" > "$work/jwt-main.key"
+(umask 077; python3 -c 'import secrets; print(secrets.token_hex(64))' > "$work/secret.key")
 export OPMAS_DATABASE_URL="${admin%/*}/$db_a" OPMAS_NATS_URL="$nats_url" OPMAS_DB_MAX_CONNECTIONS=8 \
-  OPMAS_JWT_KEYS="main:HS256:secret-file=$work/jwt-main.key" \
+  OPMAS_JWT_KEYS="main:HS256:secret-file=$work/jwt-main.key" OPMAS_SECRET_KEY_FILE="$work/secret.key" \
   OPMAS_MANAGEMENT_API_URL="http://127.0.0.1:${port[9]}" OPMAS_LOGS_MAX_BYTES=$((16 << 20)) OPMAS_SAMPLE_INTERVAL=1s
 [ "$OPMAS_EVENTS_REPLICAS" = 3 ] || die "the env example should ask for 3 replicas"
 export OPMAS_SERVER="http://127.0.0.1:${port[9]}"
@@ -208,7 +210,8 @@ OPMAS_TOKEN=$(opmas bootstrap-token --name deploy-test --role admin)
 quiet='"heartbeat": {"enabled": false}'
 curl -fs -o /dev/null -X POST "$OPMAS_SERVER/api/v1/agents" -H "Authorization: Bearer $OPMAS_TOKEN" \
   -H 'content-type: application/json' -d '{"agent_id": "ticker", "reason": "deploy test",
-  "spec": {"agent_type": "ticker", "command": "sh", "args": ["-c", "while :; do echo tick; sleep 0.2; done"], "stop_grace_ms": 1000, '"$quiet"'}}' ||
+  "spec": {"agent_type": "ticker", "command": "sh", "args": ["-c", "while :; do echo tick; sleep 0.2; done"], "stop_grace_ms": 1000,
+  "env": {"TICK_TOKEN": "deploy-s3cret"}, "secret_env": ["TICK_TOKEN"], '"$quiet"'}}' ||
   die "register through the API"
 jwt_viewer=$(check jwt "$work/jwt-main.key" main viewer)
 jwt_operator=$(check jwt "$work/jwt-main.key" main operator)
@@ -238,6 +241,11 @@ for _ in $(seq 1 100); do
 done
 ticker_pid=$(opmas agents show ticker -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 kill -0 "$ticker_pid" || die "ticker's pid $ticker_pid is not running"
+# Its secret: sealed by the API with the env file's key, opened by the supervisor's.
+tr '\0' '\n' < "/proc/$ticker_pid/environ" | grep -qx 'TICK_TOKEN=deploy-s3cret' ||
+  die "the supervisor did not give ticker its secret"
+[ "$(psql "$OPMAS_DATABASE_URL" -XAtqc "select count(*) from events where payload::text like '%deploy-s3cret%'")" = 0 ] ||
+  die "ticker's secret is in clear in the event store"
 [ "$(opmas logs ticker -n 5 | grep -c tick)" -ge 3 ] || die "ticker's output did not reach opmas logs"
 step "agents: ticker running (pid $ticker_pid), crasher failed"
 

@@ -51,6 +51,8 @@ for d in deploy examples scripts; do ln -s "$root/$d" "$work/cwd/$d"; done
 export PATH="$work/bin:$PATH" HOME="$work/home"
 export OPMAS_DATABASE_URL="${admin%/*}/$db" OPMAS_NATS_URL="nats://127.0.0.1:$nats_port"
 export OPMAS_LOGS_MAX_BYTES=$((16 << 20)) OPMAS_LOG=warn OPMAS_NODE=docs OPMAS_LOG_DIR="$work/agents"
+# `opmas serve` creates its secret key in the data directory
+export OPMAS_DATA_DIR="$work/data"
 # resource samples every second, so that a limit breach shows within seconds
 export OPMAS_SAMPLE_INTERVAL=1s
 export OPMAS_SERVER="http://127.0.0.1:$api_port"

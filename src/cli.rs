@@ -142,7 +142,7 @@ pub enum Command {
     /// no URLs are configured. Stops them on Ctrl-C.
     Dev(DevArgs),
     /// Run this node's supervisor: start, watch, restart and adopt agent processes.
-    Supervisor(SupervisorArgs),
+    Supervisor(SupervisorRoleArgs),
     /// Run the projector: keep the read models current from the streams.
     Project(ProjectArgs),
     /// Rebuild read models from the event store and swap them in atomically.
@@ -150,7 +150,7 @@ pub enum Command {
     /// Print an agent's events with actor and reason.
     Audit(AuditArgs),
     /// Run the management API (REST, live stream, OpenAPI, /metrics).
-    Api(ApiArgs),
+    Api(ApiRoleArgs),
     /// Run every server role in one process: API, relay, projector and
     /// this node's supervisor (each can be switched off).
     Serve(ServeArgs),
@@ -197,6 +197,35 @@ pub struct BootstrapTokenArgs {
     pub expires: Option<Duration>,
 }
 
+/// The key that seals agents' secrets (docs/security.md, "Secrets in agent specs").
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyArgs {
+    /// File holding the key that seals secret env values and `x-secret`
+    /// config fields (128 hex digits). Every API, discovery and supervisor
+    /// of an installation needs the same one. Default for `opmas serve` and
+    /// `opmas dev`: `<data-dir>/secret.key`, created on first start.
+    #[arg(long, env = "OPMAS_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+}
+
+/// `opmas api`
+#[derive(Debug, Args, Clone)]
+pub struct ApiRoleArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `opmas supervisor`
+#[derive(Debug, Args, Clone)]
+pub struct SupervisorRoleArgs {
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
 /// `opmas api` (and the API part of `opmas serve` / `opmas dev`)
 #[derive(Debug, Args, Clone)]
 pub struct ApiArgs {
@@ -236,7 +265,8 @@ pub struct ServeArgs {
         default_value = "api,relay,projector,supervisor"
     )]
     pub roles: Vec<Role>,
-    /// Directory for agents' output files when `--log-dir` is not set.
+    /// Directory for agents' output files when `--log-dir` is not set, and
+    /// of `secret.key` when `--secret-key-file` is not set.
     #[arg(long, env = "OPMAS_DATA_DIR", default_value = ".opmas")]
     pub data_dir: PathBuf,
     #[command(flatten)]
@@ -249,6 +279,8 @@ pub struct ServeArgs {
     pub projector: ProjectArgs,
     #[command(flatten)]
     pub packages: PackageArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 /// Package discovery (`opmas serve`, `opmas dev`); see docs/packages.md.
@@ -473,6 +505,9 @@ pub struct DevArgs {
     /// Package discovery settings.
     #[command(flatten)]
     pub packages: PackageArgs,
+    /// The secret key (default `<data-dir>/secret.key`, created when missing).
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 impl Global {

@@ -1,14 +1,17 @@
-//! Connecting to Postgres and NATS, or starting private ones for `opmas dev`.
+//! Connecting to Postgres and NATS, or starting private ones for `opmas dev`;
+//! loading (or creating) the secret key.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use opmas_domain::secret::SecretKey;
 use opmas_embedded::{NatsServer, Postgres};
 use sqlx::PgPool;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::cli::Global;
+use crate::cli::{Global, KeyArgs};
 
 /// Name of the database `opmas dev` creates in its private cluster.
 pub const DEV_DATABASE: &str = "opmas";
@@ -52,6 +55,55 @@ pub async fn connect_nats(url: &str, wait_for_server: bool) -> anyhow::Result<as
     opmas_sdk::nats::connect(url, options)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", crate::cli::mask(url)))
+}
+
+/// The key that seals and opens agents' secrets: `--secret-key-file`
+/// (which must exist), else `default` — created when missing if `create`
+/// (a role that seals runs), else used only when present — else none.
+pub fn secret_key(
+    args: &KeyArgs,
+    default: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<Option<Arc<SecretKey>>> {
+    let (path, key, created) = match (&args.secret_key_file, default) {
+        (Some(path), _) => {
+            let key = SecretKey::load(path).with_context(|| {
+                format!(
+                    "--secret-key-file (OPMAS_SECRET_KEY_FILE) {}",
+                    path.display()
+                )
+            })?;
+            (path.as_path(), key, false)
+        }
+        (None, Some(path)) if create => {
+            let (key, created) = SecretKey::load_or_create(path).context("the secret key")?;
+            (path, key, created)
+        }
+        (None, Some(path)) if path.exists() => (
+            path,
+            SecretKey::load(path).context("the secret key")?,
+            false,
+        ),
+        _ => {
+            info!(
+                "no secret key: specs with secrets are refused and agents with sealed secrets \
+                 do not start (--secret-key-file)"
+            );
+            return Ok(None);
+        }
+    };
+    let fingerprint = key.fingerprint();
+    if created {
+        warn!(path = %path.display(), %fingerprint,
+            "created a secret key: back it up with the database, and give the same file to every supervisor (--secret-key-file)");
+    } else {
+        info!(path = %path.display(), %fingerprint, "secret key");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        warn!(path = %path.display(), "the secret key file is readable by others than its owner: chmod 600 it");
+    }
+    Ok(Some(Arc::new(key)))
 }
 
 /// Private infrastructure started by `opmas dev`; stopped on drop.

@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 fn opmas() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_opmas"));
-    for var in ["OPMAS_DATABASE_URL", "OPMAS_NATS_URL", "OPMAS_DATA_DIR"] {
+    for var in [
+        "OPMAS_DATABASE_URL",
+        "OPMAS_NATS_URL",
+        "OPMAS_DATA_DIR",
+        "OPMAS_SECRET_KEY_FILE",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("OPMAS_LOG", "warn").kill_on_drop(true);
@@ -93,6 +98,7 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
     let packages = example_root();
     let mut agent_pid: Option<i64> = None;
     let mut made_pids = Vec::new();
+    let mut key_text = None;
     // PostgreSQL runs as `postgres` when we are root: let it in.
     std::fs::set_permissions(
         dir.path(),
@@ -145,6 +151,14 @@ async fn dev_runs_private_infrastructure_and_stops_on_ctrl_c() {
             "round {round}: the shell template: {made}"
         );
         made_pids.push(made["pid"].as_i64().unwrap());
+        // Its secret key: created once in the data directory, private, kept.
+        let key_file = dir.path().join("secret.key");
+        let key = std::fs::read_to_string(&key_file).unwrap();
+        assert_eq!(*key_text.get_or_insert(key.clone()), key, "round {round}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         let pid = child.id().unwrap().to_string();
         let status = tokio::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -208,6 +222,39 @@ async fn migrate_is_idempotent_and_explains_a_missing_url() {
     );
     assert!(!err.contains("secret"), "password leaked: {err}");
     db.cleanup().await;
+}
+
+/// A `--secret-key-file` that is missing or holds no key stops the role at
+/// once (before it connects anywhere), saying which file and what it needs.
+#[tokio::test]
+async fn a_missing_or_bad_secret_key_file_stops_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.key");
+    let out = opmas()
+        .arg("supervisor")
+        .arg("--secret-key-file")
+        .arg(&missing)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--secret-key-file") && err.contains(&*missing.to_string_lossy()),
+        "{err}"
+    );
+    assert!(!missing.exists(), "an explicit key file is never created");
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "0123").unwrap();
+    let out = opmas()
+        .args(["serve", "--roles", "api"])
+        .env("OPMAS_SECRET_KEY_FILE", &bad)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("openssl rand -hex 64"), "{err}");
 }
 
 /// `--dump-config` shows the effective settings, passwords masked.

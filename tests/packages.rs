@@ -56,6 +56,9 @@ async fn serve_discovers_packages_with_their_environment_and_variables() {
             "--package-root",
         ])
         .arg(&root)
+        // its secret key goes there, not into the working directory
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
         .env("OPMAS_AGENT_WEB__LEVEL", "debug")
         .spawn()
         .unwrap();
@@ -114,6 +117,8 @@ async fn serve_discovers_packages_with_their_environment_and_variables() {
             "--package-root",
         ])
         .arg(&root)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
         .output()
         .await
         .unwrap();

@@ -6,7 +6,8 @@
 //! Commands go to the `Agent` aggregate through [`AgentStore`]; reads come
 //! from the projections' read models (eventually consistent: a command's
 //! answer carries the sequence its events reached, and every read model row
-//! says which sequence it reflects).
+//! says which sequence it reflects). Secrets in specs and configs are
+//! sealed (`seal.rs`) before a command is built: events never hold them.
 
 pub mod auth;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+mod seal;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -60,6 +62,9 @@ pub struct ApiConfig {
     pub nodes_bucket: String,
     /// Messages buffered per live-stream client before it is dropped.
     pub live_buffer: usize,
+    /// Seals the secrets of specs and configs before they are stored
+    /// (ADR 0004); `None`: requests carrying secrets are refused (422).
+    pub secret_key: Option<Arc<opmas_domain::secret::SecretKey>>,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +78,7 @@ impl Default for ApiConfig {
             telemetry: TelemetrySettings::default(),
             nodes_bucket: "OPMAS_NODES".to_owned(),
             live_buffer: 1024,
+            secret_key: None,
         }
     }
 }

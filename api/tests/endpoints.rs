@@ -1134,8 +1134,11 @@ async fn secrets_are_redacted_in_every_response() {
     assert_eq!(s, StatusCode::OK, "{v}");
     clean("config answer", &v);
     let (agent, _) = t.stack.store.load("vault").await.unwrap();
+    let stored = agent.config().unwrap();
+    assert!(!stored.to_string().contains("first-s3cret"), "sealed");
+    let key = t.stack.secret_key.as_deref();
     assert_eq!(
-        agent.config().unwrap()["password"],
+        opmas_domain::secret::open_config(key, stored).unwrap()["password"],
         "first-s3cret",
         "*** kept the stored value"
     );

@@ -9,6 +9,12 @@
 #
 #   opmas-backup.sh [--telemetry] OUT.sql.gz
 #
+# Not in the dump: the secret key (OPMAS_SECRET_KEY_FILE, or
+# <data-dir>/secret.key) that sealed the agents' secrets in the events.
+# Without it a restored installation cannot open them (its agents with
+# secrets fail to start): keep a copy of the key file with the dumps,
+# as protected as the secrets themselves (docs/security.md).
+#
 # The database is OPMAS_DATABASE_URL (or --database-url URL). The dump is one
 # consistent snapshot (pg_dump), plain SQL, gzip-compressed, and starts with
 # a line naming the schema version it was taken at.
@@ -41,3 +47,4 @@ mv "$tmp" "$out"
 trap - EXIT
 events=$(psql "$url" -XAtqc 'select count(*) from events')
 echo "opmas-backup: $out (schema $version, $events events, tables: ${tables[*]})"
+echo "opmas-backup: the secret key file is not in the dump: keep a copy of it with the dumps"

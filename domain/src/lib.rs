@@ -6,7 +6,9 @@
 //! [`AgentSpec`] a supervisor needs to run a process, and the restart
 //! arithmetic. Nothing here does IO, reads a clock or draws random numbers:
 //! times and jitter samples arrive inside commands, so replaying the same
-//! events always yields the same state.
+//! events always yields the same state. (The one exception is outside the
+//! aggregate: [`secret::SecretKey`] reads, generates and writes the key file
+//! when the binary starts.)
 //!
 //! # Layout
 //!
@@ -14,6 +16,8 @@
 //! - [`spec`]: [`AgentSpec`] and its policies, with [`AgentSpec::validate`].
 //! - [`backoff`]: [`backoff::decide`], the restart decision (delay, intensity).
 //! - [`metadata`]: [`EventMetadata`], who/why/when for each committed event.
+//! - [`secret`]: sealing secret env values and config fields at the edges
+//!   (AES-SIV), opening them in the supervisor; [`secret::SecretKey`].
 //! - [`control`]: control request/reply messages (stop, reload, restart, ping).
 //! - [`telemetry`]: metric samples, log lines and heartbeats (not events).
 //! - [`agent`]: the [`Agent`] aggregate, its commands, events, errors and the
@@ -59,6 +63,7 @@ pub mod backoff;
 pub mod control;
 pub mod id;
 pub mod metadata;
+pub mod secret;
 pub mod spec;
 pub mod telemetry;
 

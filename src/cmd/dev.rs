@@ -29,6 +29,8 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
         .context("applying migrations")?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
+    let default_key = args.data_dir.join("secret.key");
+    let key = crate::infra::secret_key(&args.key, Some(&default_key), true)?;
     let serve = ServeArgs {
         roles: vec![Role::Api, Role::Relay, Role::Projector, Role::Supervisor],
         data_dir: args.data_dir.clone(),
@@ -41,8 +43,10 @@ async fn serve(global: &Global, args: &DevArgs) -> anyhow::Result<ExitCode> {
             autostart: true,
             ..args.packages.clone()
         },
+        key: args.key.clone(),
     };
-    let (tasks, addr) = super::serve::start(global, &serve, pool.clone(), client, &cancel).await?;
+    let (tasks, addr) =
+        super::serve::start(global, &serve, key, pool.clone(), client, &cancel).await?;
     let token = opmas_api::auth::tokens::create(
         &pool,
         "opmas-dev",

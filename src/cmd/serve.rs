@@ -3,13 +3,15 @@
 
 use std::num::NonZeroU32;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use opmas_api::{ApiConfig, AppState};
+use opmas_domain::secret::SecretKey;
 use opmas_store::{AgentStore, OutboxNotifier, Relay};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ApiArgs, Global, Role, ServeArgs};
+use crate::cli::{ApiArgs, ApiRoleArgs, Global, Role, ServeArgs};
 
 /// The API configuration from the options.
 pub fn api_config(global: &Global, args: &ApiArgs) -> anyhow::Result<ApiConfig> {
@@ -35,6 +37,7 @@ type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
 pub async fn start(
     global: &Global,
     args: &ServeArgs,
+    key: Option<Arc<SecretKey>>,
     pool: sqlx::PgPool,
     client: async_nats::Client,
     cancel: &CancellationToken,
@@ -65,14 +68,16 @@ pub async fn start(
         tasks.push(tokio::spawn(async move { Ok(p.await??) }));
     }
     if args.roles.contains(&Role::Supervisor) {
-        let config =
+        let mut config =
             super::supervisor::config(global, &args.supervisor, &args.data_dir.join("logs"));
+        config.secret_key = key.clone();
         let s = super::supervisor::spawn(store.clone(), client.clone(), config, cancel.clone())?;
         tasks.push(tokio::spawn(async move { Ok(s.await??) }));
     }
-    let discovery = discovery(args, &store, cancel, &mut tasks)?;
+    let discovery = discovery(args, key.clone(), &store, cancel, &mut tasks)?;
     if args.roles.contains(&Role::Api) {
-        let config = api_config(global, &args.api)?;
+        let mut config = api_config(global, &args.api)?;
+        config.secret_key = key;
         // Its own pool with a short acquire timeout: an unreachable database
         // answers 503 within a second instead of holding requests.
         let url = global.database_url.as_deref().unwrap_or_default();
@@ -111,6 +116,7 @@ pub async fn start(
 /// the roles); the API's `POST /agents/discover` shares it.
 fn discovery(
     args: &ServeArgs,
+    key: Option<Arc<SecretKey>>,
     store: &AgentStore,
     cancel: &CancellationToken,
     tasks: &mut Vec<Task>,
@@ -118,7 +124,8 @@ fn discovery(
     if args.packages.package_roots.is_empty() {
         return Ok(None);
     }
-    let config = args.packages.discovery();
+    let mut config = args.packages.discovery();
+    config.secret_key = key;
     if !config
         .environment
         .chars()
@@ -157,8 +164,21 @@ pub async fn wait(tasks: Vec<Task>, cancel: &CancellationToken) -> anyhow::Resul
     first
 }
 
-/// Runs `opmas serve`.
+/// Runs `opmas serve`. Its key is `<data-dir>/secret.key` unless
+/// `--secret-key-file` names one; created when missing if a role that seals
+/// runs here (the API, discovery).
 pub async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let seals = args.roles.contains(&Role::Api) || !args.packages.package_roots.is_empty();
+    let default_key = args.data_dir.join("secret.key");
+    let key = crate::infra::secret_key(&args.key, Some(&default_key), seals)?;
+    run_with(global, args, key).await
+}
+
+async fn run_with(
+    global: &Global,
+    args: &ServeArgs,
+    key: Option<Arc<SecretKey>>,
+) -> anyhow::Result<ExitCode> {
     if args.roles.is_empty() {
         anyhow::bail!("--roles is empty: name at least one of api, relay, projector, supervisor");
     }
@@ -168,7 +188,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> 
         .context("applying migrations")?;
     let client = crate::infra::nats(global, true).await?;
     let cancel = super::shutdown_token();
-    let (tasks, addr) = start(global, args, pool, client, &cancel).await?;
+    let (tasks, addr) = start(global, args, key, pool, client, &cancel).await?;
     if let Some(addr) = addr {
         tracing::info!(%addr, "API listening");
     }
@@ -176,18 +196,21 @@ pub async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `opmas api`: the API role alone.
-pub async fn run_api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
+/// Runs `opmas api`: the API role alone (no data directory: its key is
+/// `--secret-key-file`, or none).
+pub async fn run_api(global: &Global, args: &ApiRoleArgs) -> anyhow::Result<ExitCode> {
+    let key = crate::infra::secret_key(&args.key, None, false)?;
     let serve = ServeArgs {
         roles: vec![Role::Api],
         data_dir: ".opmas".into(),
-        api: args.clone(),
+        api: args.api.clone(),
+        key: args.key.clone(),
         relay: default_args::<crate::cli::RelayArgs>(),
         supervisor: default_args::<crate::cli::SupervisorArgs>(),
         projector: default_args::<crate::cli::ProjectArgs>(),
         packages: default_args::<crate::cli::PackageArgs>(),
     };
-    run(global, &serve).await
+    run_with(global, &serve, key).await
 }
 
 /// Defaults of an `Args` group (as if no option were given).

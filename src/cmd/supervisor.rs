@@ -7,7 +7,7 @@ use opmas_store::{AgentStore, OutboxNotifier};
 use opmas_supervisor::{Config, Supervisor};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Global, SupervisorArgs};
+use crate::cli::{Global, SupervisorArgs, SupervisorRoleArgs};
 
 /// The node name: `--node`, else the host name.
 pub fn node_name(args: &SupervisorArgs) -> String {
@@ -58,7 +58,9 @@ pub fn spawn(
 }
 
 /// Runs the supervisor until Ctrl-C or SIGTERM (agents keep running).
-pub async fn run(global: &Global, args: &SupervisorArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(global: &Global, role: &SupervisorRoleArgs) -> anyhow::Result<ExitCode> {
+    let args = &role.supervisor;
+    let secret_key = crate::infra::secret_key(&role.key, None, false)?;
     let pool = crate::infra::database(global).await?;
     opmas_store::db::migrate(&pool).await?;
     let client = crate::infra::nats(global, true).await?;
@@ -67,7 +69,8 @@ pub async fn run(global: &Global, args: &SupervisorArgs) -> anyhow::Result<ExitC
     let store = AgentStore::new(pool)
         .with_notifier(notifier)
         .with_group_commit(64);
-    let config = config(global, args, Path::new(".opmas/logs"));
+    let mut config = config(global, args, Path::new(".opmas/logs"));
+    config.secret_key = secret_key;
     spawn(store, client, config, cancel)?.await??;
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,10 @@ pub struct Config {
     pub cgroups: crate::cgroup::CgroupMode,
     /// Root of the agents' groups (default: `<own group>/agents`).
     pub cgroup_root: Option<PathBuf>,
+    /// Opens the agents' sealed secrets when they are started or reloaded
+    /// (see [`opmas_domain::secret`]); `None`: an agent with sealed secrets
+    /// cannot be started (a recorded `SpawnFailed` says so).
+    pub secret_key: Option<std::sync::Arc<opmas_domain::secret::SecretKey>>,
 }
 
 impl Config {
@@ -65,6 +69,7 @@ impl Config {
             control_prefix: "opmas.control".into(),
             cgroups: crate::cgroup::CgroupMode::Auto,
             cgroup_root: None,
+            secret_key: None,
         }
     }
 

@@ -63,6 +63,20 @@ pub(crate) fn write_config_file(
     Ok(path)
 }
 
+/// `spec` with its sealed secrets opened with the supervisor's key.
+pub(crate) fn open_spec(
+    agent_id: &str,
+    spec: &AgentSpec,
+    config: &Config,
+) -> Result<AgentSpec, SpawnError> {
+    opmas_domain::secret::open_spec(config.secret_key.as_deref(), spec).map_err(|source| {
+        SpawnError::Secrets {
+            agent: agent_id.to_owned(),
+            source,
+        }
+    })
+}
+
 /// A live agent process this supervisor is responsible for.
 pub(crate) struct Proc {
     pub identity: ProcessIdentity,
@@ -72,13 +86,15 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    /// Spawns the agent's process (see [`crate::spawn`]).
+    /// Spawns the agent's process (see [`crate::spawn`]) from its spec as
+    /// stored: sealed secrets are opened here, for the process only.
     pub fn spawn(
         agent_id: &str,
         spec: &AgentSpec,
         config: &Config,
         cgroups: Option<&crate::cgroup::Cgroups>,
     ) -> Result<Self, SpawnError> {
+        let spec = &open_spec(agent_id, spec, config)?;
         let dir = config.log_dir.join(agent_id);
         let open = |name: &str| {
             std::fs::create_dir_all(&dir)?;

@@ -46,6 +46,13 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// The spec's sealed secrets do not open (no key, or another key).
+    #[error("cannot open the secrets of agent `{agent}`: {source}")]
+    Secrets {
+        agent: String,
+        #[source]
+        source: opmas_domain::secret::SealError,
+    },
     /// exec failed.
     #[error("cannot start `{program}`: {source}")]
     Exec {

@@ -435,7 +435,11 @@ impl Worker {
         self.stop_probe();
         if spec.health_check.check != opmas_domain::HealthCheck::Heartbeat {
             let cancel = self.cancel.child_token();
-            let path_var = spec
+            // Exec probes run with the agent's PATH, which may be sealed.
+            let clear = crate::process::open_spec(&self.id, spec, &self.shared.config);
+            let path_var = clear
+                .as_ref()
+                .unwrap_or(spec)
                 .env
                 .get("PATH")
                 .cloned()
@@ -855,23 +859,11 @@ impl Worker {
         if proc.stopping() || self.applied_config.as_ref() == Some(&spec.config) {
             return;
         }
+        // Compared sealed (sealing is deterministic); given to the process open.
         self.applied_config = Some(spec.config.clone());
-        if let Err(err) = crate::process::write_config_file(
-            &self.shared.config.log_dir.join(&self.id),
-            &spec.config,
-        ) {
-            warn!(agent_id = %self.id, error = %err, "cannot write the config file");
-        }
-        let outcome = match spec.reload {
-            opmas_domain::ReloadMode::Control => self.reload_with(Some(spec.config.clone())).await,
-            opmas_domain::ReloadMode::Sighup => self.sighup(),
-            opmas_domain::ReloadMode::Restart => {
-                info!(agent_id = %self.id, "config changed: restarting to apply it");
-                match self.report(AgentCommand::Restart).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
+        let outcome = match self.open_config(&spec.config) {
+            Ok(config) => self.give_config(spec.reload, config).await,
+            Err(message) => Err(message),
         };
         match outcome {
             Ok(()) => {
@@ -891,6 +883,37 @@ impl Worker {
                         context: serde_json::json!({ "config_version": agent.config_version }),
                     })
                     .await;
+            }
+        }
+    }
+
+    /// `config` with its sealed secrets opened, or why not.
+    fn open_config(&self, config: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let key = self.shared.config.secret_key.as_deref();
+        opmas_domain::secret::open_config(key, config)
+            .map_err(|e| format!("cannot open the secrets of agent `{}`: {e}", self.id))
+    }
+
+    /// Gives the running process its new (clear) config as `reload` says.
+    async fn give_config(
+        &mut self,
+        reload: opmas_domain::ReloadMode,
+        config: serde_json::Value,
+    ) -> Result<(), String> {
+        if let Err(err) =
+            crate::process::write_config_file(&self.shared.config.log_dir.join(&self.id), &config)
+        {
+            warn!(agent_id = %self.id, error = %err, "cannot write the config file");
+        }
+        match reload {
+            opmas_domain::ReloadMode::Control => self.reload_with(Some(config)).await,
+            opmas_domain::ReloadMode::Sighup => self.sighup(),
+            opmas_domain::ReloadMode::Restart => {
+                info!(agent_id = %self.id, "config changed: restarting to apply it");
+                match self.report(AgentCommand::Restart).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
         }
     }

@@ -4,10 +4,12 @@
 //! that need processes start one).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opmas_api::auth::jwt::{Claims, JwtKey, JwtVerifier, sign_hs256};
 use opmas_api::{ApiConfig, AppState, Role};
+use opmas_domain::secret::SecretKey;
 use opmas_store::{
     AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
 };
@@ -33,6 +35,8 @@ pub struct StackOptions {
     /// Package roots: when not empty, the API scans them on
     /// `POST /agents/discover` (no watcher runs).
     pub package_roots: Vec<std::path::PathBuf>,
+    /// Give the API and discovery a (random) secret key to seal with.
+    pub secret_key: bool,
 }
 
 impl Default for StackOptions {
@@ -44,6 +48,7 @@ impl Default for StackOptions {
             live_buffer: 1024,
             projector: true,
             package_roots: Vec::new(),
+            secret_key: true,
         }
     }
 }
@@ -61,6 +66,9 @@ pub struct ApiStack {
     pub addr: std::net::SocketAddr,
     /// An admin API token (from the tokens table).
     pub admin_token: String,
+    /// The key the API and discovery seal secrets with (give it to a
+    /// supervisor that must open them).
+    pub secret_key: Option<Arc<SecretKey>>,
 }
 
 impl ApiStack {
@@ -106,6 +114,9 @@ impl ApiStack {
                     .run(cancel.clone()),
             );
         }
+        let secret_key = options
+            .secret_key
+            .then(|| Arc::new(SecretKey::generate().unwrap()));
         let config = ApiConfig {
             jwt: JwtVerifier::new(
                 vec![JwtKey::hs256(Some("test"), JWT_SECRET)],
@@ -119,12 +130,14 @@ impl ApiStack {
             telemetry: telemetry.clone(),
             nodes_bucket: format!("OPMAS_NODES_{}", t.to_uppercase()),
             live_buffer: options.live_buffer,
+            secret_key: secret_key.clone(),
         };
         let mut state = AppState::new(db.pool.clone(), store.clone(), client.clone(), config);
         if !options.package_roots.is_empty() {
             let discovery = opmas_packages::discovery::Config {
                 roots: options.package_roots.clone(),
                 environment: "test".into(),
+                secret_key: secret_key.clone(),
                 ..Default::default()
             };
             state = state.with_discovery(opmas_packages::Discovery::new(store.clone(), discovery));
@@ -146,6 +159,7 @@ impl ApiStack {
             base: format!("http://{addr}"),
             addr,
             admin_token: admin.token,
+            secret_key,
         }
     }
 

@@ -503,16 +503,14 @@ pub async fn register(
     let agent_id = AgentId::parse(&req.agent_id)
         .map_err(|e| ApiError::validation("agent_id", e.to_string()))?;
     super::packages::check_requires(&state, &req.agent_id, &req.spec.requires).await?;
+    let spec = crate::seal::spec(&state, &req.spec, "spec.")?;
     let result = execute(
         &state,
         &principal,
         &rid,
         &req.agent_id,
         "register",
-        AgentCommand::Register {
-            agent_id,
-            spec: req.spec,
-        },
+        AgentCommand::Register { agent_id, spec },
         req.reason.as_deref(),
     )
     .await?;
@@ -547,13 +545,14 @@ pub async fn update(
     Body(req): Body<UpdateRequest>,
 ) -> ApiResult<Response> {
     super::packages::check_requires(&state, &id, &req.spec.requires).await?;
+    let spec = crate::seal::spec(&state, &req.spec, "spec.")?;
     let result = execute(
         &state,
         &principal,
         &rid,
         &id,
         "update",
-        AgentCommand::UpdatePackage { spec: req.spec },
+        AgentCommand::UpdatePackage { spec },
         req.reason.as_deref(),
     )
     .await?;

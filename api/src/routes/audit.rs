@@ -168,9 +168,12 @@ pub fn redact_event(payload: &mut Value, schema: Option<&Value>) {
 
 /// Replaces `env` values named in a sibling `secret_env` with `***`, and
 /// config fields a sibling `config_schema` marks secret, anywhere in
-/// `value` (specs inside events).
+/// `value` (specs inside events); sealed values anywhere too.
 pub fn redact_secrets(value: &mut Value) {
     match value {
+        Value::String(text) if opmas_domain::secret::is_sealed(text) => {
+            "***".clone_into(text);
+        }
         Value::Object(map) => {
             if let Some(schema) = map.get("config_schema").cloned()
                 && let Some(config) = map.get_mut("config")

@@ -92,17 +92,16 @@ pub async fn put(
 ) -> ApiResult<Response> {
     let expected = if_match(&headers)?;
     let mut config = req.config;
-    // Secret fields sent back as read (`***`) keep their value.
+    // Secret fields sent back as read (`***`) keep their (sealed) value.
     let (agent, _) = match state.store().cached(&id) {
         Some(c) => c,
         None => state.store().load(&id).await?,
     };
-    if let (Some(schema), Some(current)) = (
-        agent.spec.as_ref().and_then(|s| s.config_schema.as_ref()),
-        agent.config(),
-    ) {
+    let schema = agent.spec.as_ref().and_then(|s| s.config_schema.as_ref());
+    if let (Some(schema), Some(current)) = (schema, agent.config()) {
         opmas_domain::spec::keep_unchanged_secrets(schema, &mut config, current);
     }
+    let config = crate::seal::config(&state, schema, &config)?;
     let result = execute(
         &state,
         &principal,
@@ -173,8 +172,12 @@ pub async fn versions(
     .bind(&id)
     .fetch_all(state.pool())
     .await?;
-    // Secrets (by the agent's current schema) shown as `***`, in the
-    // configs and in the diffs.
+    // Secrets (sealed ones, and by the agent's current schema) shown as
+    // `***`, in the configs and in the diffs.
+    for row in &mut rows {
+        opmas_domain::secret::mask_sealed(&mut row.config);
+        opmas_domain::secret::mask_sealed(&mut row.diff);
+    }
     let (agent, _) = match state.store().cached(&id) {
         Some(c) => c,
         None => state.store().load(&id).await?,

@@ -286,25 +286,33 @@ impl SpecError {
 }
 
 impl AgentSpec {
-    /// A copy safe to log or show: secret env values and config values
-    /// whose schema property says `"x-secret": true` become `***`.
+    /// A copy safe to log or show: secret env values, config values whose
+    /// schema property says `"x-secret": true`, and any sealed value
+    /// (see [`crate::secret`]) become `***`.
     pub fn redacted(&self) -> AgentSpec {
         let mut spec = self.clone();
         for (key, value) in &mut spec.env {
-            if self.secret_env.contains(key) {
+            if self.secret_env.contains(key) || crate::secret::is_sealed(value) {
                 "***".clone_into(value);
             }
         }
         if let Some(schema) = &self.config_schema {
             redact_secrets(schema, &mut spec.config);
         }
+        crate::secret::mask_sealed(&mut spec.config);
         spec
     }
 }
 
 /// Replaces the values of `config` whose property in `schema` is marked
-/// `"x-secret": true` with `"***"`, through nested objects.
+/// `"x-secret": true` with `"***"`, through nested objects; sealed values
+/// anywhere too.
 pub fn redact_secrets(schema: &Value, config: &mut Value) {
+    redact_marked(schema, config);
+    crate::secret::mask_sealed(config);
+}
+
+fn redact_marked(schema: &Value, config: &mut Value) {
     let (Some(properties), Some(object)) = (
         schema.get("properties").and_then(Value::as_object),
         config.as_object_mut(),
@@ -318,7 +326,7 @@ pub fn redact_secrets(schema: &Value, config: &mut Value) {
         if property.get("x-secret").and_then(Value::as_bool) == Some(true) {
             *value = Value::String("***".to_owned());
         } else {
-            redact_secrets(property, value);
+            redact_marked(property, value);
         }
     }
 }

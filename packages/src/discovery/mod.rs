@@ -41,6 +41,9 @@ pub struct Config {
     pub actor: String,
     /// Start the agents a scan registers (`opmas dev` does).
     pub autostart: bool,
+    /// Seals the packages' secrets before they are registered (ADR 0004);
+    /// `None`: a package with secrets is reported invalid.
+    pub secret_key: Option<Arc<opmas_domain::secret::SecretKey>>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             debounce: Duration::from_millis(150),
             actor: "discovery".to_owned(),
             autostart: false,
+            secret_key: None,
         }
     }
 }

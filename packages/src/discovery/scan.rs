@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use opmas_domain::secret::{self, SealError, SecretKey};
 use opmas_domain::{Agent, AgentCommand, AgentError, AgentId, AgentSpec, EventMetadata, Severity};
 use opmas_store::{AgentStore, CommandError};
 use serde_json::json;
@@ -52,7 +53,17 @@ pub(super) async fn apply(
         let mut refusal = None;
         for (id, spec) in &package.agents {
             defined.insert(id.to_string());
-            match plan(&package, id.as_str(), spec, existing.get(id.as_str())) {
+            // Sealed before anything else: an unchanged secret seals to the
+            // same text, so `plan` compares with the registered spec as is.
+            let spec = match seal(config, spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    refusal = Some(at_field(&package.dir, e.field(), e.reason()));
+                    break;
+                }
+            };
+            let key = config.secret_key.as_deref();
+            match plan(&package, id.as_str(), &spec, existing.get(id.as_str()), key) {
                 Ok(step) => commands.push((id.clone(), step)),
                 Err(message) => {
                     refusal = Some(at_field(&package.dir, "name", message));
@@ -175,6 +186,15 @@ async fn act(
     Ok(None)
 }
 
+/// `spec` (checked when its package was loaded) with its secrets sealed;
+/// a value already sealed in the package's files must open.
+fn seal(config: &Config, spec: &AgentSpec) -> Result<AgentSpec, SealError> {
+    let key = config.secret_key.as_deref();
+    let mut spec = secret::open_spec(key, spec)?;
+    secret::seal_spec(key, &mut spec)?;
+    Ok(spec)
+}
+
 /// What to do for one agent of a valid package.
 enum Step {
     Register(AgentSpec),
@@ -189,6 +209,7 @@ fn plan(
     id: &str,
     spec: &AgentSpec,
     current: Option<&Agent>,
+    key: Option<&SecretKey>,
 ) -> Result<Step, String> {
     let Some(agent) = current.filter(|a| a.registered) else {
         return Ok(Step::Register(spec.clone()));
@@ -219,9 +240,13 @@ fn plan(
             from: registered.package_version.clone(),
         });
     }
-    let mut same = spec.clone();
+    // Compared open: a secret registered in clear (before sealing) and the
+    // same secret sealed now are the same spec.
+    let open = |s: &AgentSpec| secret::open_spec(key, s).unwrap_or_else(|_| s.clone());
+    let mut same = open(spec);
+    let registered = open(registered);
     same.config = registered.config.clone();
-    Ok(if same == *registered {
+    Ok(if same == registered {
         Step::Unchanged
     } else {
         Step::Unapplied

@@ -117,6 +117,8 @@ async fn phases(args: &Args, scratch: &Scratch) -> anyhow::Result<()> {
             telemetry: telemetry.clone(),
             nodes_bucket: format!("OPMAS_NODES_BENCH_{}", tag.to_uppercase()),
             live_buffer: 1024,
+            // The benchmark's specs carry no secrets: nothing to seal.
+            secret_key: None,
         },
     );
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
