@@ -330,7 +330,7 @@ impl Worker {
         let Some(spec) = agent.spec.as_ref() else {
             return;
         };
-        match self.spawn_process(spec).await {
+        match self.spawn_process(spec, false).await {
             Some(identity) => self.report_started(identity).await,
             None => self.report_spawn_failed(spec).await,
         }
@@ -342,25 +342,35 @@ impl Worker {
     /// The spawn (log files, config file, cgroup, `posix_spawn` or `fork`)
     /// is blocking file-system work: it runs on Tokio's blocking pool, so
     /// that hundreds of agents starting at once do not starve the commits
-    /// and NATS traffic of the runtime's threads.
-    async fn spawn_process(&mut self, spec: &AgentSpec) -> Option<opmas_domain::ProcessIdentity> {
+    /// and NATS traffic of the runtime's threads. A restart after a crash
+    /// (`inline`) spawns on the worker's own thread: it is one process, and
+    /// the hop to another thread would be on the restart's critical path.
+    async fn spawn_process(
+        &mut self,
+        spec: &AgentSpec,
+        inline: bool,
+    ) -> Option<opmas_domain::ProcessIdentity> {
         let sizes = self.shared.logs.sizes(&self.id);
         let (shared, id, owned) = (self.shared.clone(), self.id.clone(), spec.clone());
-        let spawned = async {
-            let _permit = shared.spawns.acquire().await;
-            let shared = shared.clone();
-            tokio::task::spawn_blocking(move || {
-                Proc::spawn(&id, &owned, &shared.config, shared.cgroups.as_ref())
-            })
+        let spawned = if inline {
+            Proc::spawn(&self.id, spec, &shared.config, shared.cgroups.as_ref())
+        } else {
+            async {
+                let _permit = shared.spawns.acquire().await;
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    Proc::spawn(&id, &owned, &shared.config, shared.cgroups.as_ref())
+                })
+                .await
+            }
             .await
-        }
-        .await
-        .unwrap_or_else(|join| {
-            Err(crate::spawn::SpawnError::Exec {
-                program: spec.command.clone(),
-                source: std::io::Error::other(join.to_string()),
+            .unwrap_or_else(|join| {
+                Err(crate::spawn::SpawnError::Exec {
+                    program: spec.command.clone(),
+                    source: std::io::Error::other(join.to_string()),
+                })
             })
-        });
+        };
         match spawned {
             Ok(proc) => {
                 self.last_spawn_error = None;
@@ -605,7 +615,7 @@ impl Worker {
         let replacement = match self.immediate_restart(&fact) {
             Some(spec) => {
                 debug!(agent_id = %self.id, "restarting before the exit is committed");
-                self.spawn_process(&spec).await
+                self.spawn_process(&spec, true).await
             }
             None => None,
         };

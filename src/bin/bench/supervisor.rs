@@ -50,6 +50,12 @@ pub struct Args {
     /// Skip the overhead phase.
     #[arg(long)]
     no_overhead: bool,
+    /// Where the in-process supervisor keeps agent logs (a directory of
+    /// the bench's own is made inside and removed at the end; default: the
+    /// bench's temporary directory). Agent starts create a directory and
+    /// three files each, so the file system shows in the bulk figure.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
 }
 
 const AGENT_C: &str = r#"
@@ -84,6 +90,8 @@ int main(int argc, char **argv) {
 struct Ctx {
     args: Args,
     dir: PathBuf,
+    /// Parent of the in-process supervisor's log directory.
+    logs: PathBuf,
     agent: PathBuf,
     tag: String,
     client: async_nats::Client,
@@ -106,11 +114,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .tempdir()?;
     let dir = tmp.path().to_path_buf();
     let agent = compile_agent(&dir).await?;
+    let logs_tmp = match &args.log_dir {
+        Some(parent) => Some(
+            tempfile::Builder::new()
+                .prefix("opmas-bench-logs-")
+                .tempdir_in(parent)?,
+        ),
+        None => None,
+    };
+    let logs = logs_tmp
+        .as_ref()
+        .map_or_else(|| dir.clone(), |t| t.path().to_path_buf());
     let admin = opmas_store::db::connect(&args.servers.database_url, 2).await?;
     let client = async_nats::connect(&args.servers.nats_url).await?;
     let ctx = Ctx {
         args,
         dir,
+        logs,
         agent,
         tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         client,
@@ -132,6 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("cannot drop database {db}: {err}");
         }
     }
+    drop(logs_tmp);
     drop(tmp);
     result
 }
@@ -268,7 +289,7 @@ async fn opmas_phases(
         format!("bench-{}", ctx.tag),
         ctx.args.servers.nats_url.clone(),
     );
-    config.log_dir = ctx.dir.join("logs");
+    config.log_dir = ctx.logs.join("logs");
     config.stream = env.settings.clone();
     config.telemetry = env.telemetry.clone();
     config.heartbeat_prefix = format!("opmas_bench_{}.heartbeat", ctx.tag);
@@ -895,6 +916,78 @@ async fn wait_events(
     }
 }
 
+/// Counts the events of `event_types` of agents `prefix-*` as they arrive
+/// on JetStream (after their commit and the relay: an upper bound on when
+/// they were durable). Cheaper for the machine under test than polling
+/// Postgres, which shares the same 2 cores.
+struct Arrivals {
+    count: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Arrivals {
+    async fn watch(
+        ctx: &Ctx,
+        env: &Env,
+        prefix: &str,
+        event_types: &[&str],
+    ) -> anyhow::Result<Self> {
+        let js = async_nats::jetstream::new(ctx.client.clone());
+        let stream = js.get_stream(&env.settings.name).await?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: ctx.client.new_inbox(),
+                // One filter of all events (nats-server 2.9 has no
+                // `filter_subjects`); the type is checked below.
+                filter_subject: format!("{}.agent.>", env.settings.subject_prefix),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+                headers_only: true,
+                ..OrderedConfig::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let (tx, count) = tokio::sync::watch::channel(0usize);
+        let prefix = format!("{prefix}-");
+        let types: Vec<String> = event_types.iter().map(|t| (*t).to_owned()).collect();
+        let task = tokio::spawn(async move {
+            use opmas_store::stream::headers::{AGENT_ID, EVENT_TYPE};
+            while let Some(Ok(msg)) = messages.next().await {
+                let Some(h) = msg.headers.as_ref() else {
+                    continue;
+                };
+                let ours = h
+                    .get(AGENT_ID)
+                    .is_some_and(|v| v.as_str().starts_with(&prefix))
+                    && h.get(EVENT_TYPE)
+                        .is_some_and(|v| types.iter().any(|t| t == v.as_str()));
+                if ours {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        });
+        Ok(Self { count, task })
+    }
+
+    async fn reach(&mut self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let reached = tokio::time::timeout(timeout, self.count.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            bail!(
+                "{} of {n} events seen after {timeout:?}",
+                *self.count.borrow()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Arrivals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Phase 2, bulk: all agents from stopped to running (every `ProcessStarted` committed)
 /// and back to stopped (every `ProcessStopped` committed).
 async fn bulk(ctx: &Ctx, env: &Env, store: &AgentStore) -> anyhow::Result<()> {
@@ -904,14 +997,23 @@ async fn bulk(ctx: &Ctx, env: &Env, store: &AgentStore) -> anyhow::Result<()> {
     let stamps = ctx.stamps("bulk");
     let spec = sleeper_spec(&ctx.agent, &stamps.display().to_string(), &marker);
     let ids = register_all(store, &prefix, n, &spec).await?;
+    let floor = fs_floor(&ctx.logs.join(format!("fs-floor-{}", ctx.tag)), n)?;
+    out(&format!(
+        "  bulk file-system floor: {n} directories and {} empty files (what the supervisor makes for a first start) created in {:.3} s, with no process",
+        n * 3,
+        floor.as_secs_f64()
+    ));
     // A warm-up round would hide the first spawn of each worker; measure cold.
     let result = async {
+        let mut arrivals = Arrivals::watch(ctx, env, &prefix, &["ProcessStarted"]).await?;
         let t = Instant::now();
         let t_ns = now_ns();
         command_all(store, &ids, AgentCommand::Start).await?;
         let issued = t.elapsed();
-        wait_events(&env.pool, &prefix, &["ProcessStarted"], n as i64, Duration::from_secs(120)).await?;
+        arrivals.reach(n, Duration::from_secs(120)).await?;
         let started = t.elapsed();
+        // Seen on JetStream means committed: the store agrees.
+        wait_events(&env.pool, &prefix, &["ProcessStarted"], n as i64, Duration::from_secs(1)).await?;
         let running = count_procs(&[&marker, "sleep"]);
         // Parts: when the processes began (their own stamps), when the facts were committed.
         let execs: Vec<i64> = read_stamps(&stamps).iter().map(|s| s.ns - t_ns).collect();
@@ -935,15 +1037,17 @@ async fn bulk(ctx: &Ctx, env: &Env, store: &AgentStore) -> anyhow::Result<()> {
             (first_fact * 1000 - t_ns) as f64 / 1e9,
             (last_fact * 1000 - t_ns) as f64 / 1e9,
         ));
+        let mut arrivals = Arrivals::watch(ctx, env, &prefix, &["ProcessExited", "ProcessStopped"]).await?;
         let t = Instant::now();
         command_all(store, &ids, AgentCommand::Stop).await?;
         let stop_issued = t.elapsed();
-        wait_events(&env.pool, &prefix, &["ProcessExited", "ProcessStopped"], n as i64, Duration::from_secs(120)).await?;
+        arrivals.reach(n, Duration::from_secs(120)).await?;
         let stopped = t.elapsed();
+        wait_events(&env.pool, &prefix, &["ProcessExited", "ProcessStopped"], n as i64, Duration::from_secs(1)).await?;
         let left = count_procs(&[&marker, "sleep"]);
         out(&format!(
-            "bulk, {n} agents: stopped -> all ProcessStarted durable {:.3} s (Start commands committed after {:.3} s; {running} processes alive); \
-             all stopped facts durable (ProcessExited, or ProcessStopped) {:.3} s (Stop commands committed after {:.3} s; {left} processes left)",
+            "bulk, {n} agents: stopped -> all ProcessStarted durable and on JetStream {:.3} s (Start commands committed after {:.3} s; {running} processes alive); \
+             all stopped facts durable and on JetStream (ProcessExited, or ProcessStopped) {:.3} s (Stop commands committed after {:.3} s; {left} processes left)",
             started.as_secs_f64(),
             issued.as_secs_f64(),
             stopped.as_secs_f64(),
@@ -954,6 +1058,25 @@ async fn bulk(ctx: &Ctx, env: &Env, store: &AgentStore) -> anyhow::Result<()> {
     .await;
     sweep(&ctx.dir, &marker);
     result
+}
+
+/// Time to create, beside the supervisor's logs, what a first start of `n`
+/// agents creates: a directory and three files each (stdout, stderr,
+/// config). Left in place until the end: deleting makes the next creates
+/// slower on file systems that skip recently freed inodes.
+fn fs_floor(dir: &Path, n: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    for i in 0..n {
+        let agent = dir.join(format!("a{i}"));
+        std::fs::create_dir_all(&agent)?;
+        for name in ["stdout.log", "stderr.log", "config.json"] {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(agent.join(name))?;
+        }
+    }
+    Ok(t.elapsed())
 }
 
 /// CPU (percent of one core) and RSS of `pid` over `window`.
