@@ -1226,3 +1226,63 @@ async fn a_just_registered_agent_is_found_before_the_read_model_has_it() {
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "AGENT_NOT_FOUND"));
     t.stack.cleanup().await;
 }
+
+/// A spec read back (its secrets shown as `***`) and sent again with a change
+/// keeps the stored secret values; a new value replaces one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spec_sent_back_as_read_keeps_its_secrets() {
+    let t = T::new().await;
+    let spec = json!({"agent_type": "db", "command": "sleep", "args": ["1000"],
+        "env": {"DB_PASSWORD": "env-s3cret", "MODE": "a"}, "secret_env": ["DB_PASSWORD"],
+        "config_schema": {"type": "object", "properties": {
+            "password": {"type": "string", "x-secret": true}}},
+        "config": {"password": "cfg-s3cret"}});
+    let (s, v) = t
+        .admin(
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({"agent_id": "keeper", "spec": spec})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, v) = t.admin(Method::GET, "/api/v1/agents/keeper", None).await;
+    let mut read = v["spec"].clone();
+    assert_eq!(read["env"]["DB_PASSWORD"], "***", "{v}");
+    assert_eq!(read["config"]["password"], "***", "{v}");
+    read["env"]["MODE"] = json!("b");
+    let (s, v) = t
+        .admin(
+            Method::PUT,
+            "/api/v1/agents/keeper",
+            Some(json!({"spec": read, "reason": "mode b"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let key = t.stack.secret_key.as_deref();
+    let stored = |agent: opmas_domain::Agent| {
+        opmas_domain::secret::open_spec(key, &agent.spec.unwrap()).unwrap()
+    };
+    let (agent, _) = t.stack.store.load("keeper").await.unwrap();
+    let spec = stored(agent);
+    assert_eq!(spec.env["MODE"], "b");
+    assert_eq!(
+        spec.env["DB_PASSWORD"], "env-s3cret",
+        "*** kept the stored value"
+    );
+    assert_eq!(
+        spec.config["password"], "cfg-s3cret",
+        "*** kept the stored value"
+    );
+
+    read["env"]["DB_PASSWORD"] = json!("new-s3cret");
+    let (s, v) = t
+        .admin(
+            Method::PUT,
+            "/api/v1/agents/keeper",
+            Some(json!({"spec": read, "reason": "rotate"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (agent, _) = t.stack.store.load("keeper").await.unwrap();
+    assert_eq!(stored(agent).env["DB_PASSWORD"], "new-s3cret");
+}

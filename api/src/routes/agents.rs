@@ -545,7 +545,15 @@ pub async fn update(
     Body(req): Body<UpdateRequest>,
 ) -> ApiResult<Response> {
     super::packages::check_requires(&state, &id, &req.spec.requires).await?;
-    let spec = crate::seal::spec(&state, &req.spec, "spec.")?;
+    let mut incoming = req.spec;
+    // A spec sent back as read shows its secrets as `***`: they keep the
+    // stored values (as a config PUT does).
+    if let Ok((current, _)) = state.store().load(&id).await
+        && let Some(current) = current.spec
+    {
+        keep_unchanged_secrets(&mut incoming, &current);
+    }
+    let spec = crate::seal::spec(&state, &incoming, "spec.")?;
     let result = execute(
         &state,
         &principal,
@@ -557,6 +565,21 @@ pub async fn update(
     )
     .await?;
     Ok(super::ok(result))
+}
+
+/// In `spec`, secret env values and `x-secret` config fields sent as `***`
+/// take their value in `current`.
+fn keep_unchanged_secrets(spec: &mut AgentSpec, current: &AgentSpec) {
+    for key in &spec.secret_env {
+        if spec.env.get(key).map(String::as_str) == Some("***")
+            && let Some(value) = current.env.get(key)
+        {
+            spec.env.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(schema) = &spec.config_schema {
+        opmas_domain::spec::keep_unchanged_secrets(schema, &mut spec.config, &current.config);
+    }
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
