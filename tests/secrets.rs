@@ -454,7 +454,10 @@ async fn a_supervisor_without_the_key_records_why_it_cannot_start() {
         let error = agent.last_error.clone().unwrap();
         assert!(error.contains(says), "{error}");
         assert!(error.contains(&format!("agent `{id}`")), "{error}");
-        assert_eq!(agent.status, ProcessStatus::Starting, "never spawned");
+        // Never spawned: the agent failed with the reason (no pid).
+        assert_eq!(agent.status, ProcessStatus::Failed, "{agent:?}");
+        assert_eq!(agent.pid, None);
+        assert!(error.starts_with("cannot start the process: "), "{error}");
         let events = stack.store.events(id).await.unwrap();
         assert!(events.iter().any(|e| matches!(&e.payload,
             AgentEvent::ErrorRecorded { error_type, .. } if error_type == "SpawnFailed")));
