@@ -1,8 +1,11 @@
 //! The loop shared by every projector: a durable JetStream pull consumer
 //! whose ready messages are written as one batch, in one transaction that
 //! also stores the consumer's checkpoint and lag; the batch is acked only
-//! after that commit, by one ack of its last message (`AckPolicy::All`). A failed batch is retried as is (never skipped), so a
-//! checkpoint never passes an unwritten message.
+//! after that commit, by one ack of its last message (`AckPolicy::All`). A
+//! failed batch is retried as is (never skipped), so a checkpoint never
+//! passes an unwritten message; a durable holding messages delivered but
+//! not written (a run killed mid-batch, a delivery lost) is replaced by one
+//! starting after the checkpoint, so no ack ever covers them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,7 +16,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -80,6 +83,9 @@ pub struct Consumer<S> {
     pub sink: S,
 }
 
+/// How often a running consumer checks that it still holds its lock.
+const LOCK_CHECK: Duration = Duration::from_secs(5);
+
 const CHECKPOINT: &str = "
 insert into projection_consumers (name, stream) values ($1, $2)
 on conflict (name) do update set stream = excluded.stream
@@ -107,6 +113,52 @@ impl<S: Sink> Consumer<S> {
     }
 
     async fn consume(&self, cancel: &CancellationToken) -> Result<(), Error> {
+        // One active run per durable (a second projector stands by): one
+        // ack covers every earlier message, so two runs sharing a durable
+        // would ack each other's unwritten messages. The lock is a session
+        // advisory lock on a connection of its own: it goes when this run
+        // does, however it ends.
+        let Some(mut lock) = self.lead(cancel).await? else {
+            return Ok(());
+        };
+        let result = self.follow(&mut lock, cancel).await;
+        let _ = lock.close().await;
+        result
+    }
+
+    /// Waits for the consumer's advisory lock; `None` if cancelled first.
+    async fn lead(&self, cancel: &CancellationToken) -> Result<Option<PgConnection>, Error> {
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let key = format!("opmas_projection:{}", self.name);
+        let mut waiting = false;
+        loop {
+            let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
+                .bind(&key)
+                .fetch_one(&mut conn)
+                .await?;
+            if locked {
+                if waiting {
+                    info!(consumer = %self.name, "projector active (the other one stopped)");
+                }
+                return Ok(Some(conn));
+            }
+            if !waiting {
+                info!(consumer = %self.name, "another projector is active; standing by");
+                waiting = true;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                () = tokio::time::sleep(self.retry_delay) => {}
+            }
+        }
+    }
+
+    /// Consumes while `lock` (the advisory lock's connection) is alive.
+    async fn follow(
+        &self,
+        lock: &mut PgConnection,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let stream = self
             .js
             .get_stream(&self.stream)
@@ -120,37 +172,50 @@ impl<S: Sink> Consumer<S> {
             max_ack_pending: i64::try_from(self.batch.saturating_mul(4)).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        // A durable from an earlier version acked each message; NATS cannot
-        // change a consumer's ack policy, so it is replaced by one that
-        // starts after the checkpoint in Postgres (when the stream still
-        // reaches it: a recreated stream starts over and is read whole).
-        if let Ok(info) = stream.consumer_info(&self.name).await
-            && info.config.ack_policy != AckPolicy::All
-        {
+        // Acking a message acks every earlier one (`AckPolicy::All`), so the
+        // durable must never hold a message that was delivered but not
+        // written: a later ack would drop it. That happens when a run dies
+        // with batches in flight, or when the durable comes from an earlier
+        // version that acked each message (NATS cannot change a consumer's
+        // ack policy). Then the durable is replaced by one that starts after
+        // the checkpoint in Postgres, which is written in the same
+        // transaction as the models (a recreated stream that no longer
+        // reaches the checkpoint is read whole).
+        let mut expected = 1;
+        if let Ok(info) = stream.consumer_info(&self.name).await {
             let checkpoint: i64 = sqlx::query_scalar(CHECKPOINT)
                 .bind(&self.name)
                 .bind(&self.stream)
                 .fetch_one(&self.pool)
                 .await?;
-            let last = stream
-                .get_info()
-                .await
-                .map_err(Error::nats)?
-                .state
-                .last_sequence;
-            if let Ok(done) = u64::try_from(checkpoint)
-                && done > 0
-                && done <= last
-            {
-                config.deliver_policy = DeliverPolicy::ByStartSequence {
-                    start_sequence: done + 1,
-                };
+            let done = u64::try_from(checkpoint).unwrap_or(0);
+            let stale =
+                info.config.ack_policy != AckPolicy::All || info.delivered.stream_sequence > done;
+            if stale {
+                let last = stream
+                    .get_info()
+                    .await
+                    .map_err(Error::nats)?
+                    .state
+                    .last_sequence;
+                if done > 0 && done <= last {
+                    config.deliver_policy = DeliverPolicy::ByStartSequence {
+                        start_sequence: done + 1,
+                    };
+                }
+                info!(
+                    consumer = %self.name,
+                    checkpoint,
+                    delivered = info.delivered.stream_sequence,
+                    "replacing the durable consumer: it is ahead of the checkpoint or acks each message"
+                );
+                stream
+                    .delete_consumer(&self.name)
+                    .await
+                    .map_err(Error::nats)?;
+            } else {
+                expected = info.delivered.consumer_sequence + 1;
             }
-            info!(consumer = %self.name, checkpoint, "replacing the durable consumer (its ack policy changed)");
-            stream
-                .delete_consumer(&self.name)
-                .await
-                .map_err(Error::nats)?;
         }
         let consumer = stream
             .get_or_create_consumer(&self.name, config)
@@ -161,31 +226,54 @@ impl<S: Sink> Consumer<S> {
             .await
             .map_err(Error::nats)?
             .ready_chunks(self.batch);
+        let mut check = tokio::time::interval(LOCK_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let chunk = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                _ = check.tick() => {
+                    // A lost connection is a lost lock: stop, and queue for
+                    // it again behind any projector that took it meanwhile.
+                    lock.ping().await?;
+                    continue;
+                }
                 chunk = messages.next() => chunk,
             };
             let Some(chunk) = chunk else {
                 return Err(Error::Nats("message stream ended".into()));
             };
             let mut batch = Vec::with_capacity(chunk.len());
+            let mut gap = None;
             for item in chunk {
                 match item {
-                    Ok(msg) => batch.push(msg),
+                    Ok(msg) => {
+                        // Deliveries (redeliveries too) are numbered without
+                        // holes; a hole is a message this run never got, and
+                        // an ack past it would drop it.
+                        let delivery = msg.info().map(|i| i.consumer_sequence).unwrap_or(0);
+                        if delivery > expected {
+                            gap = Some((expected, delivery));
+                            break;
+                        }
+                        expected = expected.max(delivery + 1);
+                        batch.push(msg);
+                    }
                     Err(err) => debug!(consumer = %self.name, error = %err, "pull status"),
                 }
             }
-            if batch.is_empty() {
-                continue;
+            if let Some(last) = batch.last() {
+                if !self.write_until_done(&batch, cancel).await {
+                    return Ok(()); // cancelled: unacked, replaced at the next run
+                }
+                if let Err(err) = last.ack().await {
+                    warn!(consumer = %self.name, error = %err, "ack failed (will be redelivered)");
+                }
             }
-            if !self.write_until_done(&batch, cancel).await {
-                return Ok(()); // cancelled: unacked, redelivered to the next run
-            }
-            if let Some(last) = batch.last()
-                && let Err(err) = last.ack().await
-            {
-                warn!(consumer = %self.name, error = %err, "ack failed (will be redelivered)");
+            if let Some((expected, got)) = gap {
+                // Start over from the checkpoint (the durable is replaced).
+                return Err(Error::Nats(format!(
+                    "delivery {got} arrived where {expected} was due: a message was lost"
+                )));
             }
         }
     }

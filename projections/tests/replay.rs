@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use opmas_store::AgentStore;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -174,4 +175,141 @@ async fn replay_while_writes_continue_never_shows_a_partial_table() {
     projector.await.unwrap();
     streams.cleanup().await;
     db.cleanup().await;
+}
+
+/// A durable that holds deliveries nobody wrote (here fetched by hand and
+/// dropped, as a run killed mid-batch leaves them; their redelivery is
+/// minutes away) is replaced from the Postgres checkpoint when the
+/// projector starts. Acking the later messages would otherwise ack those
+/// too (one ack covers every earlier message), and they would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_holding_unwritten_deliveries_is_replaced_from_the_checkpoint() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    let db = TestDb::new().await;
+    let streams = Streams::new().await;
+    let cancel = CancellationToken::new();
+    let relay = streams.relay(&db, &cancel);
+    let store = AgentStore::new(db.pool.clone());
+    fill(&store, 40, 24).await; // 1,000 events
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            opmas_store::relay::backlog(&db.pool).await.unwrap() == 0
+        })
+        .await
+    );
+    let config = opmas_projections::Config {
+        ack_wait: Duration::from_secs(600),
+        ..streams.config()
+    };
+    let name = format!("{}_events", config.consumer_prefix);
+    let stream = streams.js().get_stream(&streams.events.name).await.unwrap();
+    let durable = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: AckPolicy::All,
+            ack_wait: config.ack_wait,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut fetched = durable.fetch().max_messages(50).messages().await.unwrap();
+    let mut dropped = 0;
+    while let Some(msg) = fetched.next().await {
+        msg.unwrap();
+        dropped += 1;
+    }
+    assert_eq!(dropped, 50);
+    assert_eq!(
+        stream.consumer_info(&name).await.unwrap().num_ack_pending,
+        50
+    );
+
+    let projector = streams.projector(&db, config, &cancel);
+    wait_caught_up(&db.pool).await;
+    assert_rebuild_equals_live(&db.pool).await;
+    let history: i64 = sqlx::query_scalar("select count(*) from agent_errors")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(history, 480, "every recorded error is projected");
+
+    cancel.cancel();
+    relay.await.unwrap();
+    projector.await.unwrap();
+    streams.cleanup().await;
+    db.cleanup().await;
+}
+
+/// Two projectors on one database and one set of durables: one consumes,
+/// the other stands by (an advisory lock per durable), so neither acks the
+/// other's unwritten messages; when the active one stops, the other takes
+/// over. The models equal a rebuild at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_projector_stands_by_and_takes_over() {
+    let db = TestDb::new().await;
+    let streams = Streams::new().await;
+    let cancel = CancellationToken::new();
+    let relay = streams.relay(&db, &cancel);
+    let config = opmas_projections::Config {
+        batch: 20,
+        ..streams.config()
+    };
+    let (first_cancel, second_cancel) = (CancellationToken::new(), CancellationToken::new());
+    let first = streams.projector(&db, config.clone(), &first_cancel);
+    let store = AgentStore::new(db.pool.clone());
+    fill(&store, 40, 12).await;
+    wait_caught_up(&db.pool).await;
+    // The first holds every durable; the second stands by while events flow.
+    let second = streams.projector(&db, config, &second_cancel);
+    fill_more(&store, 40, 6).await;
+    wait_caught_up(&db.pool).await;
+    assert_rebuild_equals_live(&db.pool).await;
+    // Advisory locks held in this test's database: the relay's and one
+    // per durable (events, metrics, logs), whichever projector holds it.
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_locks l join pg_database d on d.oid = l.database \
+             where l.locktype = 'advisory' and l.granted and d.datname = current_database()",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(held().await, 4);
+
+    first_cancel.cancel();
+    first.await.unwrap();
+    fill_more(&store, 40, 6).await;
+    wait_caught_up(&db.pool).await;
+    assert_rebuild_equals_live(&db.pool).await;
+    assert!(eventually(Duration::from_secs(10), || async { held().await == 4 }).await);
+    let errors: i64 = sqlx::query_scalar("select count(*) from agent_errors")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        errors,
+        40 * (6 + 6 + 6),
+        "every recorded error is projected"
+    );
+
+    second_cancel.cancel();
+    second.await.unwrap();
+    cancel.cancel();
+    relay.await.unwrap();
+    streams.cleanup().await;
+    db.cleanup().await;
+}
+
+/// `errors` more errors for each of the first `agents` agents.
+async fn fill_more(store: &AgentStore, agents: usize, errors: usize) {
+    for n in 0..errors {
+        for a in 0..agents {
+            let id = format!("agent-{a}");
+            store
+                .execute(&id, record_error(1_000 + n), meta("t"))
+                .await
+                .unwrap();
+        }
+    }
 }
