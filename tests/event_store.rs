@@ -186,3 +186,93 @@ async fn postgres_es_reads_our_tables() {
     assert_eq!(events[1].metadata["actor"], "alice");
     db.cleanup().await;
 }
+
+/// `execute_all` commits the events of several commands in one transaction
+/// (a supervisor's exit + restart facts): the rows share one transaction id;
+/// a refused command commits the accepted ones before it and returns the
+/// refusal; a refused first command commits nothing.
+#[tokio::test]
+async fn execute_all_commits_accepted_commands_together() {
+    use opmas_domain::{AgentCommand, AgentError, ProcessIdentity};
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone()).with_group_commit(8);
+    store.execute("a", register("a"), meta("t")).await.unwrap();
+    store
+        .execute("a", AgentCommand::Start, meta("t"))
+        .await
+        .unwrap();
+    let started = |pid: u32| AgentCommand::ReportProcessStarted {
+        node: "n1".into(),
+        identity: ProcessIdentity {
+            pid,
+            boot_id: "boot".into(),
+            start_time_ticks: u64::from(pid),
+        },
+        at: chrono::Utc::now(),
+    };
+    let exited = |pid: u32| AgentCommand::ReportProcessExited {
+        pid,
+        code: Some(1),
+        signal: None,
+        at: chrono::Utc::now(),
+        jitter_sample: 0.5,
+    };
+    store.execute("a", started(100), meta("s")).await.unwrap();
+    let rows = || async {
+        sqlx::query_as::<_, (i64, String, String)>(
+            "select sequence, event_type, xmin::text from events where aggregate_id = 'a' order by sequence",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = rows().await.len();
+
+    // Exit of 100 and start of 101, together.
+    let (committed, refused) = store
+        .execute_all("a", &[exited(100), started(101)], meta("s"))
+        .await
+        .unwrap();
+    assert!(refused.is_none());
+    assert_eq!(committed.len(), 2);
+    assert!(matches!(
+        committed[0].last().unwrap().payload,
+        AgentEvent::ProcessExited { .. }
+    ));
+    assert!(matches!(
+        committed[1].last().unwrap().payload,
+        AgentEvent::ProcessStarted { .. }
+    ));
+    let after = rows().await;
+    let new = &after[before..];
+    assert_eq!(new.len(), committed.iter().map(Vec::len).sum::<usize>());
+    assert!(
+        new.iter().all(|(_, _, xmin)| *xmin == new[0].2),
+        "one transaction: {new:?}"
+    );
+
+    // The exit of 101 is accepted; a second exit of 101 is stale (101 is
+    // no longer the process): the refusal comes back, the exit is committed.
+    let (committed, refused) = store
+        .execute_all("a", &[exited(101), exited(101)], meta("s"))
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    assert!(
+        matches!(refused, Some(AgentError::StaleFact { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(rows().await.len(), after.len() + committed[0].len());
+    let agent = store.load("a").await.unwrap().0;
+    assert_eq!(agent.pid, None);
+
+    // A refused first command: nothing is committed.
+    let count = rows().await.len();
+    let (committed, refused) = store
+        .execute_all("a", &[exited(999), started(102)], meta("s"))
+        .await
+        .unwrap();
+    assert!(committed.is_empty() && refused.is_some());
+    assert_eq!(rows().await.len(), count);
+    db.cleanup().await;
+}

@@ -166,23 +166,75 @@ impl AgentStore {
         command: AgentCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
-        let (mut context, from_cache) = self.context(agent_id).await?;
-        let sink = EventSink::<Agent>::default();
-        let handled = context.aggregate.handle(command, &(), &sink).await;
-        if let Err(err) = handled {
-            self.forget(agent_id); // handle may have applied part of its events
-            if from_cache {
-                // Another process may have moved the agent on since it was
-                // cached: decide again on the stored state before refusing.
-                return Err(CommandError::Conflict);
+        let (mut committed, refused) = self
+            .execute_once_all(agent_id, std::slice::from_ref(&command), metadata)
+            .await?;
+        match refused {
+            Some(err) => Err(CommandError::Rejected(err)),
+            None => Ok(committed.pop().unwrap_or_default()),
+        }
+    }
+
+    /// Runs `commands` on `agent_id` one after the other and commits all
+    /// their events in one transaction (one round trip, one WAL flush: a
+    /// supervisor reports an exit and the replacement's start together).
+    /// Stops at the first command the aggregate refuses: the events of the
+    /// commands before it are committed, and the refusal is returned beside
+    /// them (the commands after it are not tried). Returns the committed
+    /// events of each accepted command, in order.
+    pub async fn execute_all(
+        &self,
+        agent_id: &str,
+        commands: &[AgentCommand],
+        metadata: HashMap<String, String>,
+    ) -> Result<(Vec<Vec<EventEnvelope<Agent>>>, Option<AgentError>), CommandError> {
+        for _ in 0..STALE_RETRIES {
+            match self
+                .execute_once_all(agent_id, commands, metadata.clone())
+                .await
+            {
+                Err(CommandError::Conflict) => continue,
+                other => return other,
             }
-            return Err(CommandError::Rejected(err));
         }
-        let events = sink.collect().await;
+        self.execute_once_all(agent_id, commands, metadata).await
+    }
+
+    async fn execute_once_all(
+        &self,
+        agent_id: &str,
+        commands: &[AgentCommand],
+        metadata: HashMap<String, String>,
+    ) -> Result<(Vec<Vec<EventEnvelope<Agent>>>, Option<AgentError>), CommandError> {
+        let (mut context, from_cache) = self.context(agent_id).await?;
+        let (mut events, mut counts, mut refused) = (Vec::new(), Vec::new(), None);
+        for command in commands {
+            // `handle` may apply part of its events before it refuses: keep
+            // the state after the accepted commands to go back to.
+            let before = (!counts.is_empty()).then(|| context.aggregate.clone());
+            let sink = EventSink::<Agent>::default();
+            if let Err(err) = context.aggregate.handle(command.clone(), &(), &sink).await {
+                if from_cache {
+                    // Another process may have moved the agent on since it
+                    // was cached: decide again on the stored state.
+                    self.forget(agent_id);
+                    return Err(CommandError::Conflict);
+                }
+                match before {
+                    Some(state) => context.aggregate = state,
+                    None => self.forget(agent_id),
+                }
+                refused = Some(err);
+                break;
+            }
+            let emitted = sink.collect().await;
+            counts.push(emitted.len());
+            events.extend(emitted);
+        }
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok((counts.iter().map(|_| Vec::new()).collect(), refused));
         }
-        // The sink applied the events: `context.aggregate` is the new state.
+        // The sinks applied the events: `context.aggregate` is the new state.
         let (last, next) = (
             context.current_sequence,
             context.current_sequence + events.len(),
@@ -202,7 +254,12 @@ impl AgentStore {
                 if let Some(n) = &self.notifier {
                     n.poke();
                 }
-                Ok(committed)
+                let mut committed = committed.into_iter();
+                let split = counts
+                    .iter()
+                    .map(|&n| committed.by_ref().take(n).collect())
+                    .collect();
+                Ok((split, refused))
             }
             Err(err) => {
                 self.forget(agent_id);

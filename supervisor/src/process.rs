@@ -47,9 +47,23 @@ pub(crate) fn write_config_file(
     std::fs::create_dir_all(dir)?;
     let path = dir.join("config.json");
     let text = config.to_string();
-    // A restart loop gives the same config again: no write then.
-    if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
-        return Ok(path);
+    match std::fs::read(&path) {
+        // A restart loop gives the same config again: no write then.
+        Ok(old) if old == text.as_bytes() => return Ok(path),
+        Ok(_) => {}
+        // A first start: no reader can have the file open, so it is
+        // written in place (one file made, not a temporary and a rename;
+        // a write cut short is replaced at the next start, as it differs).
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(text.as_bytes())?;
+            return Ok(path);
+        }
+        Err(_) => {} // unreadable: replaced below
     }
     let tmp = dir.join(".config.json.tmp");
     let mut file = OpenOptions::new()
@@ -244,5 +258,44 @@ impl Proc {
             let _ = signal::group(self.identity.pid, Signal::SIGKILL);
             self.killed = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::write_config_file;
+
+    /// First write in place (mode 0600), the same config again leaves the
+    /// file alone, a new one replaces it atomically (a new inode: a reader
+    /// holding the old file keeps reading the old text whole).
+    #[test]
+    fn config_file_is_written_once_then_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        let path = write_config_file(&agent, &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"a":1}"#);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        write_config_file(&agent, &serde_json::json!({"a": 1})).unwrap();
+        let same = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (same.ino(), same.mtime_nsec()),
+            (meta.ino(), meta.mtime_nsec())
+        );
+
+        let held = std::fs::File::open(&path).unwrap();
+        write_config_file(&agent, &serde_json::json!({"a": 2})).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"a":2}"#);
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
+        assert_eq!(std::io::read_to_string(held).unwrap(), r#"{"a":1}"#);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!agent.join(".config.json.tmp").exists());
     }
 }

@@ -410,13 +410,21 @@ impl Worker {
         }
     }
 
+    fn started_fact(&self, identity: opmas_domain::ProcessIdentity) -> AgentCommand {
+        AgentCommand::ReportProcessStarted {
+            node: self.shared.config.node.clone(),
+            identity,
+            at: Utc::now(),
+        }
+    }
+
     async fn report_started(&mut self, identity: opmas_domain::ProcessIdentity) {
-        let node = self.shared.config.node.clone();
-        let at = Utc::now();
-        match self
-            .report(AgentCommand::ReportProcessStarted { node, identity, at })
-            .await
-        {
+        let result = self.report(self.started_fact(identity)).await;
+        self.on_started_reported(result).await;
+    }
+
+    async fn on_started_reported(&mut self, result: Result<Vec<AgentEvent>, CommandError>) {
+        match result {
             Ok(_) => {
                 if std::mem::take(&mut self.recovering) {
                     self.complete_recovery().await;
@@ -619,15 +627,56 @@ impl Worker {
             }
             None => None,
         };
-        self.report_exit(fact).await;
         match replacement {
-            Some(identity) => self.report_started(identity).await,
-            None if self.last_spawn_error.is_some() => {
-                if let Some(spec) = self.shared.store.cached(&self.id).and_then(|(a, _)| a.spec) {
+            Some(identity) => self.report_restarted(fact, identity).await,
+            None => {
+                self.report_exit(fact).await;
+                if self.last_spawn_error.is_some()
+                    && let Some(spec) = self.shared.store.cached(&self.id).and_then(|(a, _)| a.spec)
+                {
                     self.report_spawn_failed(&spec).await;
                 }
             }
-            None => {}
+        }
+    }
+
+    /// The exit and the replacement's start, committed together (one
+    /// transaction: the restart's facts are durable one commit after the
+    /// exit, not two). If the exit is refused, or the commit fails, each
+    /// fact goes on its own as before.
+    async fn report_restarted(
+        &mut self,
+        exit: AgentCommand,
+        identity: opmas_domain::ProcessIdentity,
+    ) {
+        let facts = [exit.clone(), self.started_fact(identity.clone())];
+        let store = self.shared.store.clone();
+        match store.execute_all(&self.id, &facts, self.meta()).await {
+            Ok((committed, refused)) if !committed.is_empty() => {
+                if let Some(last) = committed.iter().flatten().last() {
+                    self.known = self.known.max(last.sequence);
+                }
+                let mut committed = committed.into_iter();
+                let exit_events = committed.next().unwrap_or_default();
+                self.on_exit_reported(Ok(exit_events.into_iter().map(|e| e.payload).collect()));
+                let started = match (committed.next(), refused) {
+                    (Some(events), _) => Ok(events.into_iter().map(|e| e.payload).collect()),
+                    (None, Some(err)) => Err(CommandError::Rejected(err)),
+                    (None, None) => Ok(Vec::new()),
+                };
+                self.on_started_reported(started).await;
+            }
+            // The exit refused (an old process), or a conflict: one by one.
+            Ok(_) | Err(CommandError::Conflict) => {
+                self.report_exit(exit).await;
+                self.report_started(identity).await;
+            }
+            Err(err) => {
+                let message = err.to_string();
+                self.on_exit_reported(Err(err));
+                self.on_started_reported(Err(CommandError::Unavailable(message)))
+                    .await;
+            }
         }
     }
 
@@ -647,7 +696,12 @@ impl Worker {
     }
 
     async fn report_exit(&mut self, command: AgentCommand) {
-        match self.report(command).await {
+        let result = self.report(command).await;
+        self.on_exit_reported(result);
+    }
+
+    fn on_exit_reported(&mut self, result: Result<Vec<AgentEvent>, CommandError>) {
+        match result {
             Ok(events) => {
                 for event in events {
                     if let AgentEvent::ProcessExited {
