@@ -103,6 +103,11 @@ pub async fn replay(
 
 /// Folds the events `source` selects (ordered by agent and sequence) into
 /// `tables` through a cursor; calls `progress` about once a second.
+///
+/// Pipelined: while batch k is written (PostgreSQL's work), batch k+1 is
+/// already fetched and folded on a blocking thread (ours), so the two
+/// overlap instead of taking turns. Folding stays sequential, as an agent's
+/// state runs on from one batch into the next.
 pub async fn build(
     conn: &mut PgConnection,
     tables: &Tables,
@@ -114,35 +119,64 @@ pub async fn build(
     ))
     .execute(&mut *conn)
     .await?;
-    let (mut agent, mut current) = (Agent::default(), String::new());
+    let mut folder = Folder::default();
     let (mut events, mut last_report) = (0_u64, Instant::now());
+    let mut ready: Option<Batch> = None;
     loop {
         let rows = sqlx::query(&format!("fetch forward {BATCH_EVENTS} from replay_source"))
             .fetch_all(&mut *conn)
             .await?;
-        if rows.is_empty() {
+        let fetched = rows.len() as u64;
+        if fetched == 0 {
             break;
         }
-        let mut batch = Batch::default();
-        for row in &rows {
-            let env = Envelope::from_row(row)?;
-            if env.agent_id != current {
-                current.clone_from(&env.agent_id);
-                agent = Agent::default();
-            }
-            batch.apply(&mut agent, &env);
+        let folding = tokio::task::spawn_blocking(move || {
+            let batch = folder.fold(&rows);
+            (folder, batch)
+        });
+        if let Some(batch) = ready.take() {
+            write(conn, tables, batch).await?;
         }
-        events += rows.len() as u64;
-        write(conn, tables, batch).await?;
+        let (next_folder, batch) = folding
+            .await
+            .map_err(|e| Error::Corrupt(format!("replay fold panicked: {e}")))?;
+        folder = next_folder;
+        ready = Some(batch?);
+        events += fetched;
         if last_report.elapsed() >= Duration::from_secs(1) {
             progress(events);
             last_report = Instant::now();
         }
     }
+    if let Some(batch) = ready {
+        write(conn, tables, batch).await?;
+    }
     sqlx::query("close replay_source")
         .execute(&mut *conn)
         .await?;
     Ok(events)
+}
+
+/// The agent being folded, carried from one batch into the next.
+#[derive(Default)]
+struct Folder {
+    agent: Agent,
+    current: String,
+}
+
+impl Folder {
+    fn fold(&mut self, rows: &[sqlx::postgres::PgRow]) -> Result<Batch, Error> {
+        let mut batch = Batch::default();
+        for row in rows {
+            let env = Envelope::from_row(row)?;
+            if env.agent_id != self.current {
+                self.current.clone_from(&env.agent_id);
+                self.agent = Agent::default();
+            }
+            batch.apply(&mut self.agent, &env);
+        }
+        Ok(batch)
+    }
 }
 
 /// Applies to `tables` the events past their checkpoints (committed since
