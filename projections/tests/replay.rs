@@ -326,7 +326,7 @@ async fn a_replay_across_batches_equals_the_live_models() {
     let projector = streams.projector(&db, streams.config(), &cancel);
     let store = AgentStore::new(db.pool.clone());
     fill(&store, 3, 2_100).await; // 6,303 events; batch 5,000 ends in agent-2
-    assert!(6_303 > opmas_projections::replay::BATCH_EVENTS);
+    const _: () = assert!(6_303 > opmas_projections::replay::BATCH_EVENTS);
     wait_caught_up(&db.pool).await;
     let before = live_checksums(&db.pool).await;
     let mut conn = db.pool.acquire().await.unwrap();
