@@ -39,7 +39,7 @@ pub use config::Config;
 pub use logs::LogSettings;
 pub use metrics::MetricsSettings;
 pub use process::Exit;
-pub use service::Supervisor;
+pub use service::{Supervisor, limit_malloc_arenas};
 pub use spawn::SpawnError;
 
 /// Errors of the supervisor service.

@@ -93,6 +93,7 @@ impl Supervisor {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
         let workers_cancel = cancel.child_token();
         info!(node = %self.shared.config.node, "supervisor started");
+        tokio::spawn(trim_heap(cancel.clone()));
         // Streams first: output shipped before the logs stream exists is lost.
         while let Err(err) = self.ensure_streams().await {
             warn!(error = %err, "cannot set up streams; retrying");
@@ -248,5 +249,42 @@ impl Supervisor {
             }
             Err(_) => {}
         }
+    }
+}
+
+#[allow(unsafe_code)]
+/// Hands memory freed by bursts (a bulk start, a log flood) back to the
+/// system: glibc keeps free pages inside its arenas until `malloc_trim`
+/// releases them, so an idle supervisor's RSS would stay at its peak.
+async fn trim_heap(cancel: CancellationToken) {
+    let mut every = tokio::time::interval(HEAP_TRIM_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own free lists; it
+        // takes the arena locks itself and is safe to call from any thread.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// How often [`trim_heap`] runs.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Caps glibc's malloc arenas at two (it makes up to eight per core, one
+/// per thread that contends, and each keeps its free pages): most of an idle
+/// supervisor's memory was arenas. Call it first in `main`, before threads.
+#[allow(unsafe_code)]
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
