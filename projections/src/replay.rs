@@ -3,8 +3,10 @@
 //!
 //! Everything happens in one transaction, so readers never see the fresh
 //! tables before they are complete, and a failed replay leaves nothing:
-//! 1. create `<table>_rebuild` for each model (`like <table> including all`);
-//! 2. fold every event through a cursor, writing batches into them;
+//! 1. create `<table>_rebuild` for each model (`like <table> including all`),
+//!    then drop its secondary indexes (kept: primary keys and unique ones);
+//! 2. fold every event through a cursor, writing batches into them, then
+//!    create the secondary indexes again (one sorted build each);
 //! 3. catch up with events committed meanwhile;
 //! 4. lock the live tables against writes (`exclusive`: reads go on), catch
 //!    up again (the live projector is now held), then rename: the live tables
@@ -65,11 +67,13 @@ pub async fn replay(
     let total = u64::try_from(total).unwrap_or(0);
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let fresh = Tables::suffixed("_rebuild");
+    let mut deferred = Vec::new();
     for table in EVENT_TABLES {
         let name = fresh.name(table);
         sqlx::query(&format!("create table {name} (like {table} including all)"))
             .execute(&mut *tx)
             .await?;
+        deferred.extend(defer_secondary_indexes(&mut tx, &name).await?);
     }
     let source = format!(
         "select {COLUMNS} from events e where e.aggregate_type = 'Agent' order by e.aggregate_id, e.sequence"
@@ -82,6 +86,10 @@ pub async fn replay(
         })
     })
     .await?;
+    // One sorted build per index instead of an insert into each per row.
+    for definition in &deferred {
+        sqlx::query(definition).execute(&mut *tx).await?;
+    }
     events += catch_up(&mut tx, &fresh).await?;
     for table in EVENT_TABLES {
         sqlx::query(&format!("lock table {table} in exclusive mode"))
@@ -177,6 +185,30 @@ impl Folder {
         }
         Ok(batch)
     }
+}
+
+/// Drops the indexes of `table` that no write relies on (neither primary
+/// key nor unique: the upserts need those) and returns their definitions,
+/// to be created again once the table is loaded.
+async fn defer_secondary_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+) -> Result<Vec<String>, Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index \
+         where indrelid = $1::regclass and not indisprimary and not indisunique",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut definitions = Vec::with_capacity(indexes.len());
+    for (name, definition) in indexes {
+        sqlx::query(&format!("drop index {name}"))
+            .execute(&mut *conn)
+            .await?;
+        definitions.push(definition);
+    }
+    Ok(definitions)
 }
 
 /// Applies to `tables` the events past their checkpoints (committed since

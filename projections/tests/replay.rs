@@ -316,7 +316,7 @@ async fn fill_more(store: &AgentStore, agents: usize, errors: usize) {
 
 /// A replay longer than one fetched batch, with an agent's events split
 /// across the boundary (folding runs on while the previous batch is
-/// written): the swapped-in models equal the live ones.
+/// written): the swapped-in models equal the live ones, indexes and all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_across_batches_equals_the_live_models() {
     let db = TestDb::new().await;
@@ -329,12 +329,25 @@ async fn a_replay_across_batches_equals_the_live_models() {
     const _: () = assert!(6_303 > opmas_projections::replay::BATCH_EVENTS);
     wait_caught_up(&db.pool).await;
     let before = live_checksums(&db.pool).await;
+    // The replay drops the fresh tables' secondary indexes while it loads
+    // them and builds them again: the swapped-in tables have them all.
+    let indexes = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "select indexname, indexdef from pg_indexes where tablename like 'agent_%' order by 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let indexes_before = indexes().await;
+    assert!(indexes_before.len() > 10, "{indexes_before:?}");
     let mut conn = db.pool.acquire().await.unwrap();
     let replayed = opmas_projections::replay::replay(&mut conn, |_| {})
         .await
         .unwrap();
     assert_eq!(replayed, 6_303);
     assert_eq!(live_checksums(&db.pool).await, before);
+    assert_eq!(indexes().await, indexes_before);
     assert_rebuild_equals_live(&db.pool).await;
     cancel.cancel();
     relay.await.unwrap();
