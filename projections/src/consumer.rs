@@ -130,27 +130,20 @@ impl<S: Sink> Consumer<S> {
     async fn lead(&self, cancel: &CancellationToken) -> Result<Option<PgConnection>, Error> {
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let key = format!("opmas_projection:{}", self.name);
-        let mut waiting = false;
-        loop {
-            let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
-                .bind(&key)
-                .fetch_one(&mut conn)
-                .await?;
-            if locked {
-                if waiting {
-                    info!(consumer = %self.name, "projector active (the other one stopped)");
-                }
-                return Ok(Some(conn));
-            }
-            if !waiting {
+        let mut waited = false;
+        let busy = |refusals| {
+            if refusals == 1 {
                 info!(consumer = %self.name, "another projector is active; standing by");
-                waiting = true;
             }
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(None),
-                () = tokio::time::sleep(self.retry_delay) => {}
-            }
+            waited = true;
+        };
+        if !opmas_store::leader::acquire(&mut conn, &key, self.retry_delay, cancel, busy).await? {
+            return Ok(None);
         }
+        if waited {
+            info!(consumer = %self.name, "projector active (the other one stopped)");
+        }
+        Ok(Some(conn))
     }
 
     /// Consumes while `lock` (the advisory lock's connection) is alive.

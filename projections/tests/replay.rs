@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use opmas_store::AgentStore;
 use support::*;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 async fn fill(store: &AgentStore, agents: usize, per_agent: usize) {
@@ -33,18 +34,7 @@ async fn fill(store: &AgentStore, agents: usize, per_agent: usize) {
 /// (rebuild + swap) leaves them byte for byte the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_killed_mid_batch_then_restarted_equals_a_full_replay() {
-    let db = TestDb::new().await;
-    let streams = Streams::new().await;
-    let cancel = CancellationToken::new();
-    let relay = streams.relay(&db, &cancel);
-    let store = AgentStore::new(db.pool.clone());
-    fill(&store, 40, 24).await; // 1,000 events
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            opmas_store::relay::backlog(&db.pool).await.unwrap() == 0
-        })
-        .await
-    );
+    let (db, streams, cancel, relay) = relayed_thousand_events().await;
 
     let config = opmas_projections::Config {
         batch: 20,
@@ -81,11 +71,7 @@ async fn consumer_killed_mid_batch_then_restarted_equals_a_full_replay() {
     assert_eq!(replayed, 1_000);
     assert_eq!(live_checksums(&db.pool).await, before);
 
-    cancel.cancel();
-    relay.await.unwrap();
-    second.await.unwrap();
-    streams.cleanup().await;
-    db.cleanup().await;
+    finish(cancel, vec![relay, second], streams, db).await;
 }
 
 /// Readers poll the models while commands keep coming and two replays swap
@@ -170,11 +156,7 @@ async fn replay_while_writes_continue_never_shows_a_partial_table() {
         .await
         .unwrap();
     assert_eq!(errors, 1_000 + written as i64);
-    cancel.cancel();
-    relay.await.unwrap();
-    projector.await.unwrap();
-    streams.cleanup().await;
-    db.cleanup().await;
+    finish(cancel, vec![relay, projector], streams, db).await;
 }
 
 /// A durable that holds deliveries nobody wrote (here fetched by hand and
@@ -185,18 +167,7 @@ async fn replay_while_writes_continue_never_shows_a_partial_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_durable_holding_unwritten_deliveries_is_replaced_from_the_checkpoint() {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
-    let db = TestDb::new().await;
-    let streams = Streams::new().await;
-    let cancel = CancellationToken::new();
-    let relay = streams.relay(&db, &cancel);
-    let store = AgentStore::new(db.pool.clone());
-    fill(&store, 40, 24).await; // 1,000 events
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            opmas_store::relay::backlog(&db.pool).await.unwrap() == 0
-        })
-        .await
-    );
+    let (db, streams, cancel, relay) = relayed_thousand_events().await;
     let config = opmas_projections::Config {
         ack_wait: Duration::from_secs(600),
         ..streams.config()
@@ -233,11 +204,7 @@ async fn a_durable_holding_unwritten_deliveries_is_replaced_from_the_checkpoint(
         .unwrap();
     assert_eq!(history, 480, "every recorded error is projected");
 
-    cancel.cancel();
-    relay.await.unwrap();
-    projector.await.unwrap();
-    streams.cleanup().await;
-    db.cleanup().await;
+    finish(cancel, vec![relay, projector], streams, db).await;
 }
 
 /// Two projectors on one database and one set of durables: one consumes,
@@ -295,8 +262,39 @@ async fn a_second_projector_stands_by_and_takes_over() {
 
     second_cancel.cancel();
     second.await.unwrap();
+    finish(cancel, vec![relay], streams, db).await;
+}
+
+/// A test database and streams holding 1,000 events (40 agents), all
+/// relayed to the stream; the relay keeps running.
+async fn relayed_thousand_events() -> (TestDb, Streams, CancellationToken, JoinHandle<()>) {
+    let db = TestDb::new().await;
+    let streams = Streams::new().await;
+    let cancel = CancellationToken::new();
+    let relay = streams.relay(&db, &cancel);
+    let store = AgentStore::new(db.pool.clone());
+    fill(&store, 40, 24).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            opmas_store::relay::backlog(&db.pool).await.unwrap() == 0
+        })
+        .await
+    );
+    (db, streams, cancel, relay)
+}
+
+/// Stops `tasks` (relay, projectors) and removes the test's streams and
+/// database.
+async fn finish(
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    streams: Streams,
+    db: TestDb,
+) {
     cancel.cancel();
-    relay.await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
     streams.cleanup().await;
     db.cleanup().await;
 }
@@ -349,9 +347,5 @@ async fn a_replay_across_batches_equals_the_live_models() {
     assert_eq!(live_checksums(&db.pool).await, before);
     assert_eq!(indexes().await, indexes_before);
     assert_rebuild_equals_live(&db.pool).await;
-    cancel.cancel();
-    relay.await.unwrap();
-    projector.await.unwrap();
-    streams.cleanup().await;
-    db.cleanup().await;
+    finish(cancel, vec![relay, projector], streams, db).await;
 }

@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod event_store;
 pub mod group_commit;
+pub mod leader;
 pub mod notify;
 pub mod relay;
 pub mod stream;

@@ -184,19 +184,12 @@ impl Relay {
         // connection closes and the advisory lock goes with it.
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let key = format!("opmas_relay:{}", self.config.name);
-        loop {
-            let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
-                .bind(&key)
-                .fetch_one(&mut conn)
-                .await?;
-            if locked {
-                break;
-            }
-            debug!(relay = %self.config.name, "another relay is active, waiting");
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                () = tokio::time::sleep(self.config.sweep_interval) => {}
-            }
+        let name = &self.config.name;
+        let busy = |_| debug!(relay = %name, "another relay is active, waiting");
+        if !crate::leader::acquire(&mut conn, &key, self.config.sweep_interval, cancel, busy)
+            .await?
+        {
+            return Ok(());
         }
         self.config.stream.ensure(&self.js).await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
