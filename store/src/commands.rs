@@ -148,26 +148,8 @@ impl AgentStore {
         command: AgentCommand,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
-        for _ in 0..STALE_RETRIES {
-            match self
-                .execute_once(agent_id, command.clone(), metadata.clone())
-                .await
-            {
-                Err(CommandError::Conflict) => continue,
-                other => return other,
-            }
-        }
-        self.execute_once(agent_id, command, metadata).await
-    }
-
-    async fn execute_once(
-        &self,
-        agent_id: &str,
-        command: AgentCommand,
-        metadata: HashMap<String, String>,
-    ) -> Result<Vec<EventEnvelope<Agent>>, CommandError> {
         let (mut committed, refused) = self
-            .execute_once_all(agent_id, std::slice::from_ref(&command), metadata)
+            .execute_all(agent_id, std::slice::from_ref(&command), metadata)
             .await?;
         match refused {
             Some(err) => Err(CommandError::Rejected(err)),
