@@ -167,16 +167,24 @@ try {
 
   log('Reload config starts a recovery by reload; the controls reflect it');
   await page.getByRole('button', { name: 'Reload config', exact: true }).click();
-  const recovery = page.locator('#agent-badges [data-badge="recovery"]');
-  await page.waitForFunction(() => {
+  // Read in one snapshot of the page (a reload recovery can complete
+  // between two separate reads): either it is in progress and the controls
+  // say so (button disabled, notice shown), or it has already ended. An
+  // in-progress badge with enabled controls never satisfies the wait.
+  const snapshot = await (await page.waitForFunction(() => {
     const b = document.querySelector('#agent-badges [data-badge="recovery"]');
-    return b && b.dataset.value !== 'none';
-  }, null, WAIT);
-  const observed = await recovery.getAttribute('data-value');
-  console.log(`  recovery badge after Reload: ${observed}`);
-  if (observed === 'in_progress') {
-    assert.equal(await page.getByRole('button', { name: 'Reload config', exact: true }).isDisabled(), true);
-    await page.getByText('is in progress').waitFor(WAIT);
+    if (!b || b.dataset.value === 'none') return null;
+    const button = [...document.querySelectorAll('button')]
+      .find((x) => x.textContent.trim() === 'Reload config');
+    const disabled = button ? button.disabled : null;
+    const notice = document.body.innerText.includes('is in progress');
+    if (b.dataset.value === 'in_progress' && !(disabled && notice)) return null;
+    return { value: b.dataset.value, disabled, notice };
+  }, null, WAIT)).jsonValue();
+  console.log(`  recovery badge after Reload: ${snapshot.value}`);
+  if (snapshot.value === 'in_progress') {
+    assert.equal(snapshot.disabled, true);
+    assert.equal(snapshot.notice, true);
   }
 
   log('timeline: every transition with actor and reason');
