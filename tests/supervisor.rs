@@ -297,6 +297,32 @@ async fn start_crash_restart_and_stop() {
     h.finish().await;
 }
 
+/// A Start right after a Stop starts at once: the stop's grace period (a
+/// SIGKILL deadline for a process already gone) is not a restart backoff.
+/// It was taken for one, and the start waited out the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_after_stop_does_not_wait_for_the_stop_grace() {
+    let h = Harness::new().await;
+    let mut spec = sh("exec sleep 1000");
+    spec.stop_grace_ms = 600_000;
+    h.register("again", spec).await;
+    h.command("again", AgentCommand::Start).await;
+    let first = h
+        .wait_for("again", "running", |a| a.status == ProcessStatus::Running)
+        .await;
+    h.command("again", AgentCommand::Stop).await;
+    h.wait_for("again", "stopped", |a| a.status == ProcessStatus::Stopped)
+        .await;
+    h.command("again", AgentCommand::Start).await;
+    let second = h
+        .wait_for("again", "running again, before the 10 min grace", |a| {
+            a.status == ProcessStatus::Running && a.pid != first.pid
+        })
+        .await;
+    assert!(alive(second.pid.unwrap()));
+    h.finish().await;
+}
+
 /// Stop kills the whole process group: children the agent spawned too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stop_kills_grandchildren() {

@@ -62,6 +62,10 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     proc: Option<Proc>,
     wake_at: Option<Instant>,
+    /// End of the restart backoff the last exit decided: no spawn before it.
+    /// Kept apart from `wake_at`, which also holds stop deadlines and retries
+    /// (a start right after a stop once waited out the stop's grace).
+    backoff_until: Option<Instant>,
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
     recovering: bool,
@@ -95,6 +99,7 @@ impl Worker {
             shared,
             proc: None,
             wake_at: None,
+            backoff_until: None,
             pid: Arc::default(),
             cancel: cancel.clone(),
             recovering: false,
@@ -228,7 +233,11 @@ impl Worker {
                 self.begin_stop(&agent);
                 self.retry_failed(&agent).await;
             }
-            ProcessStatus::Registered | ProcessStatus::Stopped => self.begin_stop(&agent),
+            ProcessStatus::Registered | ProcessStatus::Stopped => {
+                // Stopped by the operator: the next start is theirs, at once.
+                self.backoff_until = None;
+                self.begin_stop(&agent);
+            }
         }
     }
 
@@ -280,8 +289,13 @@ impl Worker {
             }
             return;
         }
-        if self.wake_at.is_some_and(|w| w > Instant::now()) {
-            return; // backoff delay still running
+        if let Some(until) = self.backoff_until {
+            let now = Instant::now();
+            if until > now {
+                self.wake_in(until - now); // backoff delay still running
+                return;
+            }
+            self.backoff_until = None;
         }
         if self.wait_for_requirements(agent).await {
             return;
@@ -711,7 +725,9 @@ impl Worker {
                         ..
                     } = event
                     {
-                        self.wake_in(Duration::from_millis(delay_ms));
+                        let delay = Duration::from_millis(delay_ms);
+                        self.backoff_until = Some(Instant::now() + delay);
+                        self.wake_in(delay);
                     }
                 }
             }
