@@ -3,7 +3,8 @@
 //! the API, discovered from a package, their clear text is in no table of
 //! the database (events, outbox, snapshots, read models) and in no message
 //! of the events stream, while the agent processes get them in clear.
-//! A secret its schema refuses is named in the 422, never shown.
+//! A secret its schema refuses, or an env value that is not a string, is
+//! named in the 422, never shown.
 //! Without a key, secrets are refused and plain specs still work; a
 //! supervisor without the right key fails the spawn with a recorded error.
 #![allow(clippy::unwrap_used)]
@@ -253,6 +254,23 @@ async fn secrets_are_sealed_in_store_and_stream_and_clear_for_the_agent() {
         registering["error"]["details"]["field"], "spec.config.password",
         "{registering}"
     );
+    // An env value that is not a string (any may be secret): refused by
+    // the JSON decoder, whose message would show it.
+    let mut numeric = vault_spec(work.path());
+    numeric["env"]["DB_PASSWORD"] = json!(73317331);
+    let (s, decoding) = call(
+        &stack,
+        Method::POST,
+        "/api/v1/agents",
+        Some(json!({"agent_id": "vault-numeric", "spec": numeric})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{decoding}");
+    assert_eq!(
+        decoding["error"]["details"]["field"], "spec.env.DB_PASSWORD",
+        "{decoding}"
+    );
+    assert!(!decoding.to_string().contains("73317331"), "{decoding}");
     for answer in [&v, &registering] {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains("shorter than 8 characters"), "{answer}");
