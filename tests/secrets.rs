@@ -3,6 +3,8 @@
 //! the API, discovered from a package, their clear text is in no table of
 //! the database (events, outbox, snapshots, read models) and in no message
 //! of the events stream, while the agent processes get them in clear.
+//! A secret its schema refuses, or an env value that is not a string, is
+//! named in the 422, never shown.
 //! Without a key, secrets are refused and plain specs still work; a
 //! supervisor without the right key fails the spawn with a recorded error.
 #![allow(clippy::unwrap_used)]
@@ -21,7 +23,17 @@ use opmas_testkit::api::{ApiStack, StackOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const SECRETS: [&str; 4] = ["env-s3cret", "cfg-s3cret", "new-s3cret", "pkg-s3cret"];
+const SECRETS: [&str; 5] = [
+    "env-s3cret",
+    "cfg-s3cret",
+    "new-s3cret",
+    "pkg-s3cret",
+    REFUSED,
+];
+
+/// A secret shorter than the schema's `minLength` of 8: refused, and never
+/// shown in the refusal.
+const REFUSED: &str = "hunt3r7";
 
 async fn call(
     stack: &ApiStack,
@@ -215,17 +227,57 @@ async fn secrets_are_sealed_in_store_and_stream_and_clear_for_the_agent() {
         "config file"
     );
 
-    // A config update through the API (PUT): reaches the process by SIGHUP.
+    // A secret its schema refuses (minLength 8), in a config update and in
+    // a registration: the answer names the field and the rule, never the
+    // value.
     let (s, v) = call_with(
         &stack,
         Method::PUT,
         "/api/v1/agents/vault/config",
-        Some(json!({"config": {"password": "short"}})),
+        Some(json!({"config": {"password": REFUSED}})),
         Some(1),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "checked in clear: {v}");
     assert_eq!(v["error"]["details"]["field"], "config.password", "{v}");
+    let mut short = vault_spec(work.path());
+    short["config"]["password"] = json!(REFUSED);
+    let (s, registering) = call(
+        &stack,
+        Method::POST,
+        "/api/v1/agents",
+        Some(json!({"agent_id": "vault-short", "spec": short})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{registering}");
+    assert_eq!(
+        registering["error"]["details"]["field"], "spec.config.password",
+        "{registering}"
+    );
+    // An env value that is not a string (any may be secret): refused by
+    // the JSON decoder, whose message would show it.
+    let mut numeric = vault_spec(work.path());
+    numeric["env"]["DB_PASSWORD"] = json!(73317331);
+    let (s, decoding) = call(
+        &stack,
+        Method::POST,
+        "/api/v1/agents",
+        Some(json!({"agent_id": "vault-numeric", "spec": numeric})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{decoding}");
+    assert_eq!(
+        decoding["error"]["details"]["field"], "spec.env.DB_PASSWORD",
+        "{decoding}"
+    );
+    assert!(!decoding.to_string().contains("73317331"), "{decoding}");
+    for answer in [&v, &registering] {
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("shorter than 8 characters"), "{answer}");
+        assert!(!answer.to_string().contains(REFUSED), "{answer}");
+    }
+
+    // A config update through the API (PUT): reaches the process by SIGHUP.
     let (s, v) = call_with(
         &stack,
         Method::PUT,

@@ -10,11 +10,13 @@
 //!
 //! Objects merge key by key; anything else is replaced. The result must
 //! satisfy the schema; an error names the failing path and the layer that
-//! set it (file and line, or the variable).
+//! set it (file and line, or the variable), and shows the value unless it
+//! is (or holds) a secret (`x-secret`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use opmas_domain::spec::ConfigViolation;
 use serde_json::{Map, Value};
 
 use crate::error::Invalid;
@@ -141,13 +143,15 @@ pub fn merge(into: &mut Value, layer: Value) {
     }
 }
 
+/// The first violation of `schema`, at the layer that set the value. A
+/// secret is named, never shown ([`opmas_domain::spec::config_violation`]).
 fn check(
     schema: &Value,
     config: &Value,
     layers: &[(Source, Value)],
     manifest: &Path,
 ) -> Result<(), Invalid> {
-    let validator = jsonschema::validator_for(schema).map_err(|e| {
+    let violation = opmas_domain::spec::config_violation(schema, config).map_err(|e| {
         Invalid::new(
             manifest,
             None,
@@ -155,19 +159,14 @@ fn check(
             format!("is not a valid JSON Schema: {e}"),
         )
     })?;
-    let Some(error) = validator.iter_errors(config).next() else {
+    let Some(ConfigViolation {
+        path: segments,
+        field,
+        message,
+    }) = violation
+    else {
         return Ok(());
     };
-    let segments: Vec<String> = error
-        .instance_path()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let field = std::iter::once("config".to_owned())
-        .chain(segments.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(".");
-    let message = error.to_string();
     let source = layers
         .iter()
         .rev()

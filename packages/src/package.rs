@@ -119,6 +119,10 @@ fn parse(file: &Path, text: &str) -> Result<Manifest, Invalid> {
             true => None,
             false => inner.span().map(|s| spans::line_of(text, s.start)),
         };
+        if opmas_domain::secret::is_env_value(&field) {
+            let hidden = opmas_domain::secret::ENV_VALUE_REFUSED;
+            return Invalid::new(file, line, field, hidden);
+        }
         Invalid::new(file, line, field, message)
     })
 }

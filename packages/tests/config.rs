@@ -22,7 +22,7 @@ const SCHEMA: &str = r#"{
       "properties": {
         "host": {"type": "string", "default": "localhost"},
         "port": {"type": "integer", "default": 5432},
-        "password": {"type": "string", "x-secret": true}
+        "password": {"type": "string", "minLength": 8, "x-secret": true}
       }
     }
   }
@@ -188,6 +188,45 @@ fn a_value_the_schema_refuses_names_its_path_and_layer() {
     assert_eq!(
         err.unwrap_err().to_string(),
         "$OPMAS_AGENT_WEB__DB____PORT: has an empty key segment: write OPMAS_AGENT_<NAME>__<KEY>[__<KEY>...]"
+    );
+}
+
+/// A secret (`x-secret`) the schema refuses: the error names the field, the
+/// file and line or the variable, and what is wrong; never the value.
+#[test]
+fn a_secret_the_schema_refuses_is_named_not_shown() {
+    let base = (
+        "config/base.toml",
+        "level = \"info\"\n[db]\npassword = \"hunt3r7\"\n",
+    );
+    let (_tmp, err) = load_with(
+        &manifest(),
+        &[("config/schema.json", SCHEMA), base],
+        "production",
+        &BTreeMap::new(),
+    );
+    let err = err.unwrap_err();
+    assert!(err.file.ends_with("web/config/base.toml"), "{err}");
+    assert_eq!(
+        (err.field.as_str(), err.line),
+        ("config.db.password", Some(3))
+    );
+    assert_eq!(
+        err.message,
+        "the value is shorter than 8 characters (value hidden: secret)"
+    );
+    assert!(!err.to_string().contains("hunt3r7"), "{err}");
+
+    let env = vars(&[("OPMAS_AGENT_WEB__DB__PASSWORD", "hunt3r7")]);
+    let (_tmp, err) = load_with(
+        &manifest(),
+        &[("config/schema.json", SCHEMA)],
+        "production",
+        &env,
+    );
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "$OPMAS_AGENT_WEB__DB__PASSWORD: `config.db.password`: the value is shorter than 8 characters (value hidden: secret)"
     );
 }
 

@@ -1,11 +1,13 @@
 //! Discovery against a real Postgres event store and real directories:
 //! a package dropped into a watched root registers within a second, a
 //! version bump updates the spec, invalid packages are reported and not
-//! registered, removed packages are reported and left registered.
+//! registered, removed packages are reported and left registered; a
+//! secret the schema refuses is named, never shown.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BASE, package, write};
@@ -440,5 +442,103 @@ async fn a_new_version_the_current_config_does_not_satisfy_is_refused() {
     );
     let (agent, _) = store.load("web").await.unwrap();
     assert_eq!(agent.spec.unwrap().package_version, "1.0.0");
+    db.cleanup().await;
+}
+
+/// What `tracing` writes while the guard lives (this thread only).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A registered package whose `x-secret` config field turns into a value
+/// its schema refuses: the report, the log line and the `ErrorRecorded`
+/// event name the field and what is wrong, and hold no trace of the value.
+#[tokio::test]
+async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let manifest = format!(
+        "{BASE}[config]\nschema = {{ type = \"object\", properties = {{ key = {{ type = \"string\", minLength = 8, \"x-secret\" = true }} }} }}\n"
+    );
+    let web = package(&root, "web", &manifest);
+    write(
+        &web,
+        &[("config/base.toml", "key = \"long-enough-s3cret\"\n")],
+    );
+    let key = opmas_domain::secret::SecretKey::generate().unwrap();
+    let discovery = Discovery::new(
+        store.clone(),
+        Config {
+            secret_key: Some(Arc::new(key)),
+            ..config(&root)
+        },
+    );
+    assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
+
+    write(&web, &[("config/base.toml", "key = \"hunt3r7\"\n")]);
+    let logs = Logs::default();
+    let report = {
+        let _guard = logs.capture();
+        discovery.scan().await.unwrap()
+    };
+    let invalid = &report.invalid[0];
+    assert_eq!(
+        (
+            invalid.field.as_str(),
+            invalid.line,
+            invalid.message.as_str()
+        ),
+        (
+            "config.key",
+            Some(1),
+            "the value is shorter than 8 characters (value hidden: secret)"
+        )
+    );
+    let logged = logs.text();
+    assert!(
+        logged.contains("invalid package") && logged.contains("`config.key`"),
+        "{logged}"
+    );
+    let events = store.events("web").await.unwrap();
+    let recorded = events
+        .iter()
+        .find(|e| e.payload.name() == "ErrorRecorded")
+        .expect("the error is recorded on the agent");
+    let recorded = serde_json::to_string(&recorded.payload).unwrap();
+    assert!(recorded.contains("`config.key`"), "{recorded}");
+    let reported = serde_json::to_string(&report).unwrap();
+    for (what, text) in [
+        ("report", &reported),
+        ("log", &logged),
+        ("event", &recorded),
+    ] {
+        assert!(!text.contains("hunt3r7"), "{what} shows the secret: {text}");
+    }
     db.cleanup().await;
 }

@@ -229,6 +229,14 @@ fn every_field_s_bad_value_is_refused_with_file_line_field_and_reason() {
             "`bin/web` is not a directory",
         ),
         (
+            // Any env value may be a secret: the deserializer's message
+            // (`invalid type: integer `73317331`, ...`) would show it.
+            extra("env = { TOKEN = 73317331 }\nsecret_env = [\"TOKEN\"]"),
+            "env.TOKEN",
+            Some(5),
+            "must be a string (value hidden: env values may be secret)",
+        ),
+        (
             extra("env = { \"A=B\" = \"x\" }"),
             "env",
             Some(5),

@@ -125,6 +125,11 @@ where
                     }
                     _ => ("body".to_owned(), detail.clone()),
                 };
+                // The reason shows the value; an env value may be a secret.
+                if opmas_domain::secret::is_env_value(&field) {
+                    let hidden = opmas_domain::secret::ENV_VALUE_REFUSED;
+                    return Err(ApiError::validation(&field, hidden));
+                }
                 Err(ApiError::validation(&field, reason))
             }
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::bad_request(format!(

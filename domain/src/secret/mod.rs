@@ -41,6 +41,22 @@ pub const KEY_HINT: &str = "start it with --secret-key-file PATH (or OPMAS_SECRE
 /// Bytes of a key: two AES-256 keys (one for S2V/CMAC, one for CTR).
 pub const KEY_BYTES: usize = 64;
 
+/// Why an `env` value was refused by a deserializer, said in place of its
+/// message (`invalid type: integer `1234`, ...` shows the value, and any
+/// env value may be one `secret_env` names: the spec that says which did
+/// not decode).
+pub const ENV_VALUE_REFUSED: &str = "must be a string (value hidden: env values may be secret)";
+
+/// Whether the dotted `field` a deserializer refused is an `env` value
+/// (`env.TOKEN`, `spec.env.DB_PASSWORD`).
+pub fn is_env_value(field: &str) -> bool {
+    field
+        .split('.')
+        .rev()
+        .skip(1)
+        .any(|segment| segment == "env")
+}
+
 /// Whether `text` is a sealed value.
 pub fn is_sealed(text: &str) -> bool {
     text.starts_with(SEALED_PREFIX)

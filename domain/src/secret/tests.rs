@@ -176,7 +176,14 @@ fn the_aggregate_accepts_sealed_secrets_and_still_checks_clear_ones() {
     let mut short = s.config.clone();
     short["password"] = json!("abc");
     let err = crate::spec::check_config(&schema, &short).unwrap_err();
-    assert_eq!(err.field, "config.password", "a clear secret is checked");
+    assert_eq!(
+        (err.field.as_str(), err.message.as_str()),
+        (
+            "config.password",
+            "the value is shorter than 4 characters (value hidden: secret)"
+        ),
+        "a clear secret is checked (against its own schema, not the sealed alternative), never shown"
+    );
     let mut misplaced = s.config.clone();
     misplaced["db"] = misplaced["password"].clone();
     let err = crate::spec::check_config(&schema, &misplaced).unwrap_err();

@@ -4,7 +4,8 @@
 //! `#[serde(default)]` (a partial spec fills in defaults) and
 //! `deny_unknown_fields` (a typo such as `"restrat"` is an error, not a
 //! silently ignored key). [`AgentSpec::validate`] (in `validate.rs`) then
-//! checks the values.
+//! checks the values; [`check_config`] (in `schema.rs`) checks a config
+//! against its JSON Schema without showing a secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -366,9 +367,10 @@ pub fn keep_unchanged_secrets(schema: &Value, config: &mut Value, current: &Valu
     }
 }
 
+mod schema;
 mod validate;
 
-pub use validate::check_config;
+pub use schema::{ConfigViolation, check_config, config_violation};
 
 #[cfg(test)]
 mod tests;

@@ -279,3 +279,82 @@ fn secret_pointers_and_masked_values_kept_on_update() {
         "only secret fields sent as *** keep their value"
     );
 }
+
+#[test]
+fn schema_errors_name_a_secret_field_but_never_show_its_value() {
+    let schema = json!({"type": "object", "properties": {
+        "api_key": {"type": "string", "minLength": 8, "x-secret": true},
+        "level": {"type": "string", "enum": ["debug", "info"]},
+        "db": {"type": "object", "maxProperties": 2, "properties": {
+            "host": {"type": "string"},
+            "password": {"type": "string", "pattern": "^[a-z0-9]+$", "x-secret": true}}},
+        "vault": {"type": "object", "x-secret": true,
+            "propertyNames": {"pattern": "^[a-z-]+$"},
+            "properties": {"primary": {"type": "string", "minLength": 8}},
+            "additionalProperties": {"type": "string", "minLength": 8}}
+    }});
+    let refused = |config: serde_json::Value| {
+        let err = check_config(&schema, &config).expect_err("refused");
+        (err.field, err.message)
+    };
+    let hidden = |field: &str, message: &str| (field.to_owned(), message.to_owned());
+
+    // A secret field: what is wrong, not the value.
+    assert_eq!(
+        refused(json!({"api_key": "hunt3r7"})),
+        hidden(
+            "config.api_key",
+            "the value is shorter than 8 characters (value hidden: secret)"
+        )
+    );
+    assert_eq!(
+        refused(json!({"db": {"password": "Hunt3r7"}})),
+        hidden(
+            "config.db.password",
+            "the value does not match \"^[a-z0-9]+$\" (value hidden: secret)"
+        )
+    );
+    // An object holding a secret is not shown either.
+    assert_eq!(
+        refused(json!({"db": {"host": "h", "password": "hunt3r7", "port": 1}})),
+        hidden(
+            "config.db",
+            "the value has more than 2 properties (value hidden: it holds a secret)"
+        )
+    );
+    // Inside a secret object: fields the schema declares are named, keys
+    // only the config knows are not (they are part of the secret).
+    assert_eq!(
+        refused(json!({"vault": {"primary": "hunt3r7"}})),
+        hidden(
+            "config.vault.primary",
+            "the value is shorter than 8 characters (value hidden: secret)"
+        )
+    );
+    assert_eq!(
+        refused(json!({"vault": {"alice-prod": "hunt3r7"}})),
+        hidden(
+            "config.vault",
+            "the value is shorter than 8 characters (value hidden: secret)"
+        )
+    );
+    let (field, message) = refused(json!({"vault": {"Hunt3r-Name": "long-enough"}}));
+    assert_eq!(field, "config.vault");
+    assert!(
+        message.starts_with("a property name is invalid: ") && !message.contains("Hunt3r"),
+        "{message}"
+    );
+
+    // Values that are not secret, and hold none, are shown: they help.
+    assert_eq!(
+        refused(json!({"level": "loud"})),
+        hidden(
+            "config.level",
+            "\"loud\" is not one of \"debug\" or \"info\""
+        )
+    );
+    assert_eq!(
+        refused(json!({"db": "hunt3r7"})),
+        hidden("config.db", "\"hunt3r7\" is not of type \"object\"")
+    );
+}

@@ -5,7 +5,7 @@ use crate::id::AgentId;
 
 use super::{
     AgentSpec, HealthCheck, HealthCheckSpec, HeartbeatSpec, MAX_CPU_PERCENT, MIN_MEMORY_BYTES,
-    RecoveryPolicy, ResourceLimits, RestartPolicy, STOP_SIGNALS, SpecError,
+    RecoveryPolicy, ResourceLimits, RestartPolicy, STOP_SIGNALS, SpecError, check_config,
 };
 
 /// `Err(SpecError)` unless `ok`.
@@ -105,69 +105,6 @@ impl AgentSpec {
         }
         Ok(())
     }
-}
-
-/// Checks `config` against the JSON Schema `schema`: the first violation,
-/// named by its path (`config.db.port`), or a schema that does not compile
-/// (`config_schema`).
-///
-/// A config holding sealed values (see [`crate::secret`]) is checked
-/// against a copy of `schema` in which each `x-secret` property also
-/// accepts a sealed string: the aggregate cannot open it, and the edge that
-/// sealed it checked the clear value against the full schema.
-pub fn check_config(
-    schema: &serde_json::Value,
-    config: &serde_json::Value,
-) -> Result<(), SpecError> {
-    let relaxed;
-    let schema = if crate::secret::contains_sealed(config) {
-        relaxed = accepting_sealed(schema);
-        &relaxed
-    } else {
-        schema
-    };
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| SpecError::new("config_schema", format!("is not a valid JSON Schema: {e}")))?;
-    let Some(error) = validator.iter_errors(config).next() else {
-        return Ok(());
-    };
-    let field = std::iter::once("config".to_owned())
-        .chain(error.instance_path().iter().map(|s| s.to_string()))
-        .collect::<Vec<_>>()
-        .join(".");
-    Err(SpecError::new(field, error.to_string()))
-}
-
-/// `schema` with each `x-secret` property `P` (found as
-/// [`super::secret_pointers`] finds them) replaced by
-/// `{"anyOf": [P, <a sealed string>]}`.
-fn accepting_sealed(schema: &serde_json::Value) -> serde_json::Value {
-    fn relax(schema: &mut serde_json::Value) {
-        let Some(properties) = schema
-            .get_mut("properties")
-            .and_then(serde_json::Value::as_object_mut)
-        else {
-            return;
-        };
-        for property in properties.values_mut() {
-            if property
-                .get("x-secret")
-                .and_then(serde_json::Value::as_bool)
-                == Some(true)
-            {
-                let original = property.take();
-                *property = serde_json::json!({"anyOf": [original, {
-                    "type": "string",
-                    "pattern": format!("^{}", crate::secret::SEALED_PREFIX),
-                }]});
-            } else {
-                relax(property);
-            }
-        }
-    }
-    let mut relaxed = schema.clone();
-    relax(&mut relaxed);
-    relaxed
 }
 
 impl ResourceLimits {
