@@ -366,8 +366,10 @@ pub fn keep_unchanged_secrets(schema: &Value, config: &mut Value, current: &Valu
     }
 }
 
+mod rebase;
 mod validate;
 
+pub use rebase::rebase_config;
 pub use validate::check_config;
 
 #[cfg(test)]
