@@ -1,6 +1,7 @@
 //! Discovery against a real Postgres event store and real directories:
-//! a package dropped into a watched root registers within a second, a
-//! version bump updates the spec, config layer edits become config versions under the
+//! a package dropped into a watched root registers within a second, the
+//! periodic rescan catches what the watcher does not see, a version bump
+//! updates the spec, config layer edits become config versions under the
 //! runtime values, invalid packages are reported and not registered,
 //! removed packages are reported and left registered.
 #![allow(clippy::unwrap_used)]
@@ -122,6 +123,57 @@ async fn a_package_dropped_into_a_watched_root_registers_within_a_second() {
 
     cancel.cancel();
     task.await.unwrap().unwrap();
+    db.cleanup().await;
+}
+
+/// The watcher ignores what is not `agent.toml`, `config/` or a JSON file (a
+/// program being rebuilt must not cause scans), so a package made valid by
+/// its program appearing is only seen by the periodic rescan: with a short
+/// interval it registers; with an hour (the control) it does not.
+#[tokio::test]
+async fn the_periodic_rescan_picks_up_what_the_watcher_ignores() {
+    let (db, store, tmp, _) = setup().await;
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut late = Vec::new();
+    for (name, every) in [("fast", 300), ("slow", 3_600_000)] {
+        let root = tmp.path().join(name);
+        let named = |id: &str| BASE.replace("\"web\"", &format!("\"{id}\""));
+        package(&root, "marker", &named(&format!("marker-{name}")));
+        // Invalid until `bin/web` exists.
+        let dir = root.join("late");
+        write(&dir, &[("agent.toml", &named(&format!("late-{name}")))]);
+        let config = Config {
+            rescan_interval: Duration::from_millis(every),
+            ..config(&root)
+        };
+        tasks.push(tokio::spawn(
+            Discovery::new(store.clone(), config).run(cancel.clone()),
+        ));
+        let marker = format!("marker-{name}");
+        assert!(
+            eventually(Duration::from_secs(10), || registered(&store, &marker)).await,
+            "start scan of {name}"
+        );
+        assert!(!registered(&store, &format!("late-{name}")).await);
+        late.push(dir);
+    }
+    for dir in &late {
+        write(dir, &[("bin/web", "#!/bin/sh\nsleep 1000\n")]);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || registered(&store, "late-fast")).await,
+        "the rescan registers it"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !registered(&store, "late-slow").await,
+        "the watcher did not see it (else the fast case proves nothing)"
+    );
+    cancel.cancel();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
     db.cleanup().await;
 }
 
