@@ -1,6 +1,7 @@
 //! Secrets are sealed at the edge (ADR 0004), against a real API, Postgres,
 //! nats-server and supervisor: registered through the API, updated through
-//! the API, discovered from a package, their clear text is in no table of
+//! the API, discovered from a package (and changed in its config file),
+//! their clear text is in no table of
 //! the database (events, outbox, snapshots, read models) and in no message
 //! of the events stream, while the agent processes get them in clear.
 //! A secret its schema refuses, or an env value that is not a string, is
@@ -23,11 +24,12 @@ use opmas_testkit::api::{ApiStack, StackOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
     "env-s3cret",
     "cfg-s3cret",
     "new-s3cret",
     "pkg-s3cret",
+    "pkg-n3w-s3cret",
     REFUSED,
 ];
 
@@ -163,7 +165,8 @@ fn write_package(root: &std::path::Path) {
         "name = \"pkg\"\ntype = \"t\"\nversion = \"1.0.0\"\ncommand = \"./bin/run\"\n\
          node = \"node-a\"\nsecret_env = [\"TOKEN\"]\nenv = { TOKEN = \"pkg-s3cret\" }\n\
          [heartbeat]\nenabled = false\n\
-         [config]\nschema = { type = \"object\", properties = { key = { type = \"string\", \"x-secret\" = true } } }\n",
+         [config]\nreload = \"restart\"\n\
+         schema = { type = \"object\", properties = { key = { type = \"string\", \"x-secret\" = true } } }\n",
     )
     .unwrap();
     std::fs::write(dir.join("config/base.toml"), "key = \"pkg-s3cret\"\n").unwrap();
@@ -353,6 +356,20 @@ async fn secrets_are_sealed_in_store_and_stream_and_clear_for_the_agent() {
     let env = environ(agent.pid.unwrap());
     assert!(env.contains("\nTOKEN=pkg-s3cret\n"), "{env}");
     assert!(env.contains("{\"key\":\"pkg-s3cret\"}"), "{env}");
+
+    // The package's config file edited (same version): a new config
+    // version, sealed, that the running agent gets (`reload = "restart"`).
+    let dir = packages.path().join("pkg");
+    std::fs::write(dir.join("config/base.toml"), "key = \"pkg-n3w-s3cret\"\n").unwrap();
+    let (s, v) = call(&stack, Method::POST, "/api/v1/agents/discover", None).await;
+    assert_eq!(v["config_updated"][0]["agent_id"], "pkg", "{s} {v}");
+    let old_pid = agent.pid;
+    let agent = wait_for(&stack, "pkg", "a restart with the new config", |a| {
+        a.status == ProcessStatus::Running && a.pid.is_some() && a.pid != old_pid
+    })
+    .await;
+    let env = environ(agent.pid.unwrap());
+    assert!(env.contains("{\"key\":\"pkg-n3w-s3cret\"}"), "{env}");
 
     // Nowhere in the database, nowhere in the stream; answers show `***`.
     let (s, v) = call(&stack, Method::GET, "/api/v1/agents/vault", None).await;

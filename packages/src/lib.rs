@@ -11,8 +11,8 @@
 //! - [`config`]: the layered agent config, validated against its schema.
 //! - [`order`]: start order from `requires`, cycles refused.
 //! - [`discovery`]: [`Discovery`], the service that scans and watches roots
-//!   (`find.rs`: the filesystem side, `scan.rs`: the event-store side,
-//!   `watch.rs`: which file changes matter).
+//!   (`find.rs`: the filesystem side, `plan.rs`: what to do per agent,
+//!   `scan.rs`: the event-store side, `watch.rs`: which file changes matter).
 //! - [`report`]: [`ScanReport`], what a scan found and did.
 //! - [`error`]: [`Invalid`] (file, line, field, why), [`Cycle`], [`Error`].
 //! - `spans`: byte spans of TOML fields as line numbers.

@@ -12,6 +12,10 @@ pub struct ScanReport {
     pub registered: Vec<AgentEntry>,
     /// Agents whose spec this scan replaced (a new package version).
     pub updated: Vec<Updated>,
+    /// Agents given a new config version because their package's config
+    /// layers (config files, `OPMAS_AGENT_*` variables) changed; values
+    /// set at runtime through the API stay on top.
+    pub config_updated: Vec<ConfigChange>,
     /// Agents whose package is as registered.
     pub unchanged: Vec<AgentEntry>,
     /// Agents whose manifest changed without a new `version`: not applied.
@@ -27,12 +31,14 @@ pub struct ScanReport {
 impl ScanReport {
     /// True when the scan registered or updated something.
     pub fn changed(&self) -> bool {
-        !self.registered.is_empty() || !self.updated.is_empty()
+        !self.registered.is_empty() || !self.updated.is_empty() || !self.config_updated.is_empty()
     }
 
     pub(crate) fn sort(&mut self) {
         self.registered.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         self.updated.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        self.config_updated
+            .sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         self.unchanged.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         self.unapplied.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         self.invalid.sort_by(|a, b| a.package.cmp(&b.package));
@@ -58,6 +64,18 @@ pub struct Updated {
     pub package: String,
     pub from_version: String,
     pub to_version: String,
+}
+
+/// A config version made from a package's changed config layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigChange {
+    pub agent_id: String,
+    pub package: String,
+    /// Package version.
+    pub version: String,
+    /// The new config version.
+    pub config_version: u32,
 }
 
 /// A manifest edited without bumping `version`.

@@ -1,20 +1,26 @@
 //! Discovery against a real Postgres event store and real directories:
-//! a package dropped into a watched root registers within a second, a
-//! version bump updates the spec, invalid packages are reported and not
-//! registered, removed packages are reported and left registered; a
-//! secret the schema refuses is named, never shown.
+//! a package dropped into a watched root registers within a second, the
+//! periodic rescan catches what the watcher does not see, a version bump
+//! updates the spec, config layer edits become config versions under the
+//! runtime values, invalid packages are reported and not registered,
+//! removed packages are reported and left registered; a secret the schema
+//! refuses is named, never shown.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BASE, package, write};
-use opmas_domain::{AgentEvent, Health};
+use opmas_domain::secret::SecretKey;
+use opmas_domain::{AgentCommand, AgentEvent, Health};
+use opmas_packages::ScanReport;
 use opmas_packages::discovery::{Config, Discovery};
 use opmas_store::AgentStore;
 use opmas_testkit::{TestDb, eventually};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn config(root: &std::path::Path) -> Config {
@@ -24,6 +30,16 @@ fn config(root: &std::path::Path) -> Config {
         rescan_interval: Duration::from_secs(3600),
         ..Config::default()
     }
+}
+
+/// A fresh database and its store, a temporary directory, and the path of
+/// a root in it (`agents`, not created).
+async fn setup() -> (TestDb, AgentStore, tempfile::TempDir, PathBuf) {
+    let db = TestDb::new().await;
+    let store = AgentStore::new(db.pool.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    (db, store, tmp, root)
 }
 
 async fn registered(store: &AgentStore, id: &str) -> bool {
@@ -45,10 +61,7 @@ async fn event_types(store: &AgentStore, id: &str) -> Vec<&'static str> {
 
 #[tokio::test]
 async fn a_package_dropped_into_a_watched_root_registers_within_a_second() {
-    let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("agents");
+    let (db, store, tmp, root) = setup().await;
     std::fs::create_dir_all(&root).unwrap();
     package(&root, "early", &BASE.replace("\"web\"", "\"early\""));
     let cancel = CancellationToken::new();
@@ -114,12 +127,60 @@ async fn a_package_dropped_into_a_watched_root_registers_within_a_second() {
     db.cleanup().await;
 }
 
+/// The watcher ignores what is not `agent.toml`, `config/` or a JSON file (a
+/// program being rebuilt must not cause scans), so a package made valid by
+/// its program appearing is only seen by the periodic rescan: with a short
+/// interval it registers; with an hour (the control) it does not.
+#[tokio::test]
+async fn the_periodic_rescan_picks_up_what_the_watcher_ignores() {
+    let (db, store, tmp, _) = setup().await;
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut late = Vec::new();
+    for (name, every) in [("fast", 300), ("slow", 3_600_000)] {
+        let root = tmp.path().join(name);
+        let named = |id: &str| BASE.replace("\"web\"", &format!("\"{id}\""));
+        package(&root, "marker", &named(&format!("marker-{name}")));
+        // Invalid until `bin/web` exists.
+        let dir = root.join("late");
+        write(&dir, &[("agent.toml", &named(&format!("late-{name}")))]);
+        let config = Config {
+            rescan_interval: Duration::from_millis(every),
+            ..config(&root)
+        };
+        tasks.push(tokio::spawn(
+            Discovery::new(store.clone(), config).run(cancel.clone()),
+        ));
+        let marker = format!("marker-{name}");
+        assert!(
+            eventually(Duration::from_secs(10), || registered(&store, &marker)).await,
+            "start scan of {name}"
+        );
+        assert!(!registered(&store, &format!("late-{name}")).await);
+        late.push(dir);
+    }
+    for dir in &late {
+        write(dir, &[("bin/web", "#!/bin/sh\nsleep 1000\n")]);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || registered(&store, "late-fast")).await,
+        "the rescan registers it"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !registered(&store, "late-slow").await,
+        "the watcher did not see it (else the fast case proves nothing)"
+    );
+    cancel.cancel();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn scans_register_update_report_invalid_and_removed_packages() {
-    let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("agents");
+    let (db, store, _tmp, root) = setup().await;
     let web = package(&root, "web", BASE);
     let workers = package(
         &root,
@@ -311,10 +372,7 @@ async fn scans_register_update_report_invalid_and_removed_packages() {
 
 #[tokio::test]
 async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused() {
-    let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("agents");
+    let (db, store, tmp, root) = setup().await;
     let named = |name: &str, extra: &str| {
         format!("{}{extra}", BASE.replace("\"web\"", &format!("\"{name}\"")))
     };
@@ -405,10 +463,7 @@ async fn cycles_duplicates_foreign_agents_and_escaping_package_dirs_are_refused(
 /// agent keeps its spec.
 #[tokio::test]
 async fn a_new_version_the_current_config_does_not_satisfy_is_refused() {
-    let db = TestDb::new().await;
-    let store = AgentStore::new(db.pool.clone());
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("agents");
+    let (db, store, _tmp, root) = setup().await;
     let schema = |max: u32| {
         format!(
             "[config]\nschema = {{ type = \"object\", properties = {{ port = {{ type = \"integer\", maximum = {max}, default = 1 }} }} }}\n"
@@ -436,9 +491,13 @@ async fn a_new_version_the_current_config_does_not_satisfy_is_refused() {
     let report = discovery.scan().await.unwrap();
     assert!(report.updated.is_empty(), "{report:?}");
     let invalid = &report.invalid[0];
-    assert_eq!(
-        (invalid.field.as_str(), invalid.message.as_str()),
-        ("config.port", "8080 is greater than the maximum of 1024")
+    assert_eq!(invalid.field, "config.port");
+    assert!(
+        invalid
+            .message
+            .starts_with("8080 is greater than the maximum of 1024 (a value set at runtime"),
+        "{}",
+        invalid.message
     );
     let (agent, _) = store.load("web").await.unwrap();
     assert_eq!(agent.spec.unwrap().package_version, "1.0.0");
@@ -540,5 +599,171 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     ] {
         assert!(!text.contains("hunt3r7"), "{what} shows the secret: {text}");
     }
+    db.cleanup().await;
+}
+
+/// The config versions a scan made: `(agent, version)`.
+fn config_versions(report: &ScanReport) -> Vec<(&str, u32)> {
+    report
+        .config_updated
+        .iter()
+        .map(|c| (c.agent_id.as_str(), c.config_version))
+        .collect()
+}
+
+/// Edits of the config layers (base file, environment file, variable)
+/// without a version bump become config versions by discovery; a value set
+/// at runtime stays on top; secrets compare sealed; an edit the schema
+/// refuses is reported where it is and not applied; a bump with an edit
+/// applies both.
+#[tokio::test]
+async fn config_layer_edits_become_versions_under_runtime_values() {
+    let (db, store, _tmp, root) = setup().await;
+    let manifest = |version: &str, extra: &str| {
+        format!(
+            "{}{extra}[config]\nschema = \"config/schema.json\"\n",
+            BASE.replace("1.0.0", version)
+        )
+    };
+    let web = package(&root, "web", &manifest("1.0.0", ""));
+    let schema = r#"{"type": "object", "properties": {
+        "port": {"type": "integer"}, "workers": {"type": "integer"},
+        "level": {"enum": ["info", "debug"], "default": "info"},
+        "password": {"type": "string", "x-secret": true}}}"#;
+    let base = |port: u32, password: &str| format!("port = {port}\npassword = \"{password}\"\n");
+    write(
+        &web,
+        &[
+            ("config/schema.json", schema),
+            ("config/base.toml", &base(8000, "s3cret-1")),
+        ],
+    );
+    let key = Some(Arc::new(SecretKey::generate().unwrap()));
+    let settings = Config {
+        secret_key: key.clone(),
+        ..config(&root)
+    };
+    let discovery = Discovery::new(store.clone(), settings.clone());
+    assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
+    let config_now = || async {
+        let (agent, _) = store.load("web").await.unwrap();
+        (agent.config_version, agent.config().cloned().unwrap())
+    };
+    let (_, v1) = config_now().await;
+    let sealed = v1["password"].clone();
+    assert!(sealed.as_str().unwrap().starts_with("opmas:sealed:"));
+
+    // Set at runtime (as `PUT .../config` does).
+    let mut tuned = v1.clone();
+    tuned["level"] = json!("debug");
+    let update = AgentCommand::UpdateConfig {
+        expected_version: 1,
+        config: tuned,
+    };
+    store
+        .execute("web", update, opmas_testkit::meta("operator"))
+        .await
+        .unwrap();
+
+    // base.toml edited, same package version.
+    write(&web, &[("config/base.toml", &base(8001, "s3cret-1"))]);
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(config_versions(&report), [("web", 3)], "{report:?}");
+    assert!(report.updated.is_empty() && report.unapplied.is_empty());
+    let (_, config) = config_now().await;
+    assert_eq!(
+        (&config["port"], &config["level"], &config["password"]),
+        (&json!(8001), &json!("debug"), &sealed),
+        "the edit applied, the runtime value kept, the secret sealed alike"
+    );
+    let events = store.events("web").await.unwrap();
+    let last = events.last().unwrap();
+    assert!(
+        matches!(&last.payload, AgentEvent::ConfigUpdated { previous_version: 2, package_config: Some(p), .. } if p["level"] == "info"),
+        "{:?}",
+        last.payload
+    );
+    assert_eq!(last.metadata["actor"], "discovery");
+    assert!(last.metadata["reason"].contains("config files"));
+    let again = discovery.scan().await.unwrap();
+    assert_eq!(again.unchanged.len(), 1, "nothing new: {again:?}");
+
+    // The environment's file (`--environment test`).
+    write(&web, &[("config/test.toml", "workers = 4\n")]);
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(config_versions(&report), [("web", 4)], "{report:?}");
+    let (_, config) = config_now().await;
+    assert_eq!(
+        (&config["workers"], &config["port"], &config["level"]),
+        (&json!(4), &json!(8001), &json!("debug"))
+    );
+
+    // A variable of the OPMAS process (read at start: a restarted server).
+    let vars = [("OPMAS_AGENT_WEB__PORT".to_owned(), "7000".to_owned())];
+    let restarted = Discovery::new(
+        store.clone(),
+        Config {
+            vars: vars.into_iter().collect(),
+            ..settings.clone()
+        },
+    );
+    let report = restarted.scan().await.unwrap();
+    assert_eq!(config_versions(&report), [("web", 5)], "{report:?}");
+    assert_eq!(config_now().await.1["port"], 7000);
+
+    // An edit the schema refuses: reported where it is, nothing applied.
+    write(
+        &web,
+        &[("config/base.toml", "port = 8001\nlevel = \"loud\"\n")],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert!(report.config_updated.is_empty(), "{report:?}");
+    let invalid = &report.invalid[0];
+    assert!(
+        invalid.file.ends_with("web/config/base.toml"),
+        "{invalid:?}"
+    );
+    assert_eq!(
+        (invalid.line, invalid.field.as_str()),
+        (Some(2), "config.level")
+    );
+    assert_eq!(config_now().await.0, 5);
+    let types = event_types(&store, "web").await;
+    assert_eq!(types.last(), Some(&"ErrorRecorded"));
+
+    // A version bump with a config edit: the spec, then the config.
+    write(
+        &web,
+        &[
+            ("agent.toml", &manifest("1.1.0", "args = [\"-v\"]\n")),
+            ("config/base.toml", &base(8002, "s3cret-2")),
+        ],
+    );
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(report.updated.len(), 1, "{report:?}");
+    assert_eq!(config_versions(&report), [("web", 6)]);
+    let types = event_types(&store, "web").await;
+    assert_eq!(
+        types[types.len() - 2..],
+        ["PackageUpdated", "ConfigUpdated"]
+    );
+    let (agent, _) = store.load("web").await.unwrap();
+    let spec = agent.spec.clone().unwrap();
+    assert_eq!(
+        (spec.package_version.as_str(), spec.args),
+        ("1.1.0", vec!["-v".to_owned()])
+    );
+    let config = agent.config().unwrap();
+    assert_eq!(
+        (&config["port"], &config["level"], &config["workers"]),
+        (&json!(8002), &json!("debug"), &json!(4))
+    );
+    assert_ne!(config["password"], sealed, "a new secret in the file");
+    assert!(
+        config["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("opmas:sealed:")
+    );
     db.cleanup().await;
 }

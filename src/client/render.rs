@@ -156,6 +156,13 @@ pub fn scan_report(v: &Value) -> String {
             cell(&a["to_version"])
         ));
     }
+    for a in list("config_updated") {
+        out.push(format!(
+            "config      {} (version {} from the package's config layers)",
+            cell(&a["agent_id"]),
+            cell(&a["config_version"])
+        ));
+    }
     for a in list("unapplied") {
         out.push(format!(
             "unapplied   {}: {}",

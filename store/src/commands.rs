@@ -28,7 +28,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Layout version of the `Agent` state in snapshots: bump it when a field of
 /// `opmas_domain::Agent` is added, removed or changes meaning, and old
 /// snapshots will be ignored and rebuilt from events.
-pub const AGENT_SNAPSHOT_VERSION: u64 = 2;
+pub const AGENT_SNAPSHOT_VERSION: u64 = 3;
 
 /// Why a command did not produce events.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,14 @@ pub enum AgentCommand {
     UpdatePackage {
         spec: AgentSpec,
     },
+    /// A package as discovery read it: the spec as `UpdatePackage` takes
+    /// it, with `spec.config` the config of the package's layers. When the
+    /// layers changed since they were last applied, the config becomes them
+    /// with the runtime changes laid on top, as a new version
+    /// ([`crate::spec::rebase_config`]).
+    ApplyPackage {
+        spec: AgentSpec,
+    },
     /// Optimistic update: `expected_version` must be the current config version.
     UpdateConfig {
         expected_version: u32,

@@ -23,10 +23,16 @@ pub enum AgentEvent {
         spec: AgentSpec,
         spec_version: u32,
     },
+    /// `package_config` is set when discovery made this version from the
+    /// package's layers (see `AgentCommand::ApplyPackage`): those layers, as
+    /// `config` builds on them. Absent from other updates (and from events
+    /// written before it existed).
     ConfigUpdated {
         version: u32,
         config: serde_json::Value,
         previous_version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        package_config: Option<serde_json::Value>,
     },
     /// `version` is the new version, holding the config of `to_version`.
     ConfigRolledBack {

@@ -1,6 +1,7 @@
 //! Command handling: one helper per command, each returning the events to
-//! emit. Operator commands are here, supervisor facts in `facts.rs`; see
-//! the tables in [`crate::agent`] for the rules.
+//! emit. Operator commands are here (package commands in `package.rs`),
+//! supervisor facts in `facts.rs`; see the tables in [`crate::agent`] for
+//! the rules.
 
 use serde_json::Value;
 
@@ -35,6 +36,7 @@ impl Agent {
         match command {
             C::Register { .. } => Err(AgentError::AlreadyRegistered),
             C::UpdatePackage { spec: new } => self.update_package(spec, new),
+            C::ApplyPackage { spec: new } => self.apply_package(spec, new),
             C::UpdateConfig {
                 expected_version,
                 config,
@@ -127,25 +129,6 @@ impl Agent {
         one(AgentEvent::AgentRegistered { agent_id, spec })
     }
 
-    fn update_package(&self, current: &AgentSpec, mut spec: AgentSpec) -> Events {
-        spec.validate()?;
-        if let Some(id) = &self.id {
-            not_self_required(id, &spec)?;
-        }
-        spec.config = self.config().unwrap_or(&current.config).clone();
-        // The current config must satisfy the new package's schema.
-        if let Some(schema) = &spec.config_schema {
-            schema_allows(schema, &spec.config)?;
-        }
-        if spec == *current {
-            return none();
-        }
-        one(AgentEvent::PackageUpdated {
-            spec,
-            spec_version: self.spec_version.saturating_add(1),
-        })
-    }
-
     fn update_config(&self, expected: u32, config: Value) -> Events {
         if expected != self.config_version {
             return Err(AgentError::VersionConflict {
@@ -163,6 +146,7 @@ impl Agent {
             version: self.config_version.saturating_add(1),
             config,
             previous_version: self.config_version,
+            package_config: None,
         })
     }
 
@@ -265,7 +249,7 @@ impl Agent {
 }
 
 /// `config` satisfies the agent's config schema.
-fn schema_allows(schema: &Value, config: &Value) -> Result<(), AgentError> {
+pub(super) fn schema_allows(schema: &Value, config: &Value) -> Result<(), AgentError> {
     crate::spec::check_config(schema, config).map_err(|e| AgentError::Validation {
         field: e.field,
         message: e.message,
@@ -273,7 +257,7 @@ fn schema_allows(schema: &Value, config: &Value) -> Result<(), AgentError> {
 }
 
 /// An agent that requires itself could never start.
-fn not_self_required(agent_id: &AgentId, spec: &AgentSpec) -> Result<(), AgentError> {
+pub(super) fn not_self_required(agent_id: &AgentId, spec: &AgentSpec) -> Result<(), AgentError> {
     if spec.requires.contains(agent_id.as_str()) {
         return Err(AgentError::validation(
             "requires",

@@ -14,6 +14,7 @@
 //! |---|---|---|---|
 //! | Register | fresh aggregate, valid spec (config fits its schema, not requiring itself) | AgentRegistered | registered, stopped; spec & config v1 |
 //! | UpdatePackage | valid spec that differs; current config fits its schema | PackageUpdated | spec_version + 1 (config kept) |
+//! | ApplyPackage | valid spec; its config (the package's layers) rebased with the runtime changes fits its schema | PackageUpdated if the spec differs, ConfigUpdated (with `package_config`) if the layers changed | as those |
 //! | UpdateConfig | `expected_version` = current, object fitting the schema | ConfigUpdated | config_version + 1 |
 //! | RollbackConfig | `1 <= to < current`, that config fits the schema | ConfigRolledBack | config_version + 1 |
 //! | Start | registered, stopped, failed | StartRequested | starting, running; window reset |
@@ -60,6 +61,7 @@ mod error;
 mod event;
 mod facts;
 mod handlers;
+mod package;
 mod state;
 mod upcast;
 
@@ -108,6 +110,7 @@ impl Aggregate for Agent {
                     spec_version: 1,
                     config_version: 1,
                     configs: vec![spec.config.clone()],
+                    package_config: spec.package_dir.is_some().then(|| spec.config.clone()),
                     spec: Some(spec),
                     ..Agent::default()
                 };
@@ -117,9 +120,17 @@ impl Aggregate for Agent {
                 self.spec_version = spec_version;
             }
             AgentEvent::ConfigUpdated {
-                version, config, ..
+                version,
+                config,
+                package_config,
+                ..
+            } => {
+                if package_config.is_some() {
+                    self.package_config = package_config;
+                }
+                self.set_config(version, config);
             }
-            | AgentEvent::ConfigRolledBack {
+            AgentEvent::ConfigRolledBack {
                 version, config, ..
             } => self.set_config(version, config),
             AgentEvent::StartRequested => {

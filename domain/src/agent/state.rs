@@ -111,6 +111,12 @@ pub struct Agent {
     pub config_version: u32,
     /// Config history; `configs[v - 1]` is version `v`.
     pub configs: Vec<serde_json::Value>,
+    /// The config the package's layers (schema defaults, config files,
+    /// `OPMAS_AGENT_*` variables) gave when discovery last applied them:
+    /// set at registration from a package (`spec.package_dir`) and by a
+    /// `ConfigUpdated` carrying `package_config`. `None`: not from a package.
+    /// What the current config differs from it in was changed at runtime.
+    pub package_config: Option<serde_json::Value>,
     pub desired: DesiredState,
     pub status: ProcessStatus,
     pub health: Health,

@@ -367,9 +367,11 @@ pub fn keep_unchanged_secrets(schema: &Value, config: &mut Value, current: &Valu
     }
 }
 
+mod rebase;
 mod schema;
 mod validate;
 
+pub use rebase::rebase_config;
 pub use schema::{ConfigViolation, check_config, config_violation};
 
 #[cfg(test)]

@@ -2,11 +2,15 @@
 //! roots. It scans at start, watches the roots (`notify`) so a new or
 //! changed package is acted on within a second, and rescans periodically as
 //! a safety net. A scan registers new packages, updates agents whose package
-//! version changed, reports invalid packages (log, `ErrorRecorded` on
-//! agents already registered from them, and the report) and reports
-//! removed packages without deregistering anything. See `scan.rs`.
+//! version changed, gives agents a new config version when their package's
+//! config layers (files, `OPMAS_AGENT_*` variables) changed (runtime values
+//! set through the API stay on top), reports invalid packages (log,
+//! `ErrorRecorded` on agents already registered from them, and the report)
+//! and reports removed packages without deregistering anything. See
+//! `plan.rs` (what to do per agent) and `scan.rs` (doing it).
 
 mod find;
+mod plan;
 mod scan;
 mod watch;
 

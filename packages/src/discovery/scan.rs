@@ -4,17 +4,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use opmas_domain::secret::{self, SealError, SecretKey};
-use opmas_domain::{Agent, AgentCommand, AgentError, AgentId, AgentSpec, EventMetadata, Severity};
+use opmas_domain::secret::{self, SealError};
+use opmas_domain::{
+    Agent, AgentCommand, AgentError, AgentEvent, AgentId, AgentSpec, EventMetadata, Severity,
+};
 use opmas_store::{AgentStore, CommandError};
 use serde_json::json;
 use tracing::{error, info, warn};
 
 use super::find::{Found, at_field, refuse_cycles};
+use super::plan::{Step, plan};
 use super::{Config, Memo};
 use crate::error::{Error, Invalid};
-use crate::package::{MANIFEST, Package};
-use crate::report::{AgentEntry, InvalidPackage, Removed, ScanReport, Unapplied, Updated};
+use crate::package::Package;
+use crate::report::{
+    AgentEntry, ConfigChange, InvalidPackage, Removed, ScanReport, Unapplied, Updated,
+};
 
 fn unavailable(e: CommandError) -> Error {
     Error::Unavailable(e.to_string())
@@ -54,7 +59,7 @@ pub(super) async fn apply(
         for (id, spec) in &package.agents {
             defined.insert(id.to_string());
             // Sealed before anything else: an unchanged secret seals to the
-            // same text, so `plan` compares with the registered spec as is.
+            // same text (config layers and runtime values compare sealed).
             let spec = match seal(config, spec) {
                 Ok(spec) => spec,
                 Err(e) => {
@@ -117,7 +122,7 @@ pub(super) async fn apply(
 
 /// Carries out `step` for agent `id` and adds it to the report; `Ok(Some)`
 /// is the aggregate's refusal (the package is then reported invalid, and
-/// its agents keep their spec).
+/// its agents keep their spec and config).
 async fn act(
     store: &AgentStore,
     meta: &impl Fn(String) -> HashMap<String, String>,
@@ -134,54 +139,117 @@ async fn act(
         package: dir.clone(),
         version: version.clone(),
     };
-    let (command, reason, updated) = match step {
+    let unapplied = Unapplied {
+        agent_id: id.to_owned(),
+        package: dir.clone(),
+        version: version.clone(),
+        message: format!(
+            "agent.toml changed but `version` is still `{version}`: bump it to apply the change"
+        ),
+    };
+    let (spec, from, layers) = match step {
         Step::Unchanged => {
             report.unchanged.push(entry);
             return Ok(None);
         }
         Step::Unapplied => {
-            let message = format!(
-                "agent.toml changed but `version` is still `{version}`: bump it to apply the change"
-            );
-            report.unapplied.push(Unapplied {
-                agent_id: id.to_owned(),
-                package: dir,
-                version,
-                message,
-            });
+            report.unapplied.push(unapplied);
             return Ok(None);
         }
-        Step::Register(spec) => {
-            let agent_id = agent_id.clone();
-            let reason = format!("discovered package {dir} version {version}");
-            (AgentCommand::Register { agent_id, spec }, reason, None)
-        }
-        Step::Update { spec, from } => {
-            let reason = format!("package {dir} version {from} -> {version}");
-            let updated = Updated {
-                agent_id: id.to_owned(),
-                package: dir.clone(),
-                from_version: from,
-                to_version: version.clone(),
-            };
-            (AgentCommand::UpdatePackage { spec }, reason, Some(updated))
+        Step::Register(spec) => return register(store, meta, agent_id, spec, entry, report).await,
+        Step::Apply {
+            spec,
+            from,
+            layers,
+            unapplied: also,
+        } => {
+            if also {
+                report.unapplied.push(unapplied);
+            }
+            (spec, from, layers)
         }
     };
-    match (store.execute(id, command, meta(reason)).await, updated) {
-        (Ok(_), Some(updated)) => {
-            info!(agent_id = %id, package = %dir, from = %updated.from_version, to = %version, "package updated");
-            report.updated.push(updated);
+    let mut reason = match &from {
+        Some(from) => format!("package {dir} version {from} -> {version}"),
+        None => format!("package {dir} version {version}"),
+    };
+    if layers {
+        reason.push_str(": config files or OPMAS_AGENT_ variables changed");
+    }
+    let events = match store
+        .execute(id, AgentCommand::ApplyPackage { spec }, meta(reason))
+        .await
+    {
+        Ok(events) => events,
+        Err(CommandError::Rejected(e)) => return Ok(Some(e)),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let mut changed = false;
+    for event in events {
+        match event.payload {
+            AgentEvent::PackageUpdated { .. } => {
+                let from = from.clone().unwrap_or_else(|| version.clone());
+                info!(agent_id = %id, package = %dir, %from, to = %version, "package updated");
+                report.updated.push(Updated {
+                    agent_id: id.to_owned(),
+                    package: dir.clone(),
+                    from_version: from,
+                    to_version: version.clone(),
+                });
+            }
+            AgentEvent::ConfigUpdated {
+                version: config_version,
+                ..
+            } => {
+                info!(agent_id = %id, package = %dir, config_version, "package config applied");
+                report.config_updated.push(ConfigChange {
+                    agent_id: id.to_owned(),
+                    package: dir.clone(),
+                    version: version.clone(),
+                    config_version,
+                });
+            }
+            _ => continue,
         }
-        (Ok(_), None) => {
-            info!(agent_id = %id, package = %dir, %version, "package registered");
+        changed = true;
+    }
+    if !changed {
+        report.unchanged.push(entry);
+    }
+    Ok(None)
+}
+
+/// Registers agent `id` from its package.
+async fn register(
+    store: &AgentStore,
+    meta: &impl Fn(String) -> HashMap<String, String>,
+    agent_id: &AgentId,
+    spec: AgentSpec,
+    entry: AgentEntry,
+    report: &mut ScanReport,
+) -> Result<Option<AgentError>, Error> {
+    let reason = format!(
+        "discovered package {} version {}",
+        entry.package, entry.version
+    );
+    let command = AgentCommand::Register {
+        agent_id: agent_id.clone(),
+        spec,
+    };
+    match store
+        .execute(agent_id.as_str(), command, meta(reason))
+        .await
+    {
+        Ok(_) => {
+            info!(agent_id = %entry.agent_id, package = %entry.package, version = %entry.version, "package registered");
             report.registered.push(entry);
         }
         // Another discovery (on another node) registered it first.
-        (Err(CommandError::Rejected(AgentError::AlreadyRegistered)), _) => {
+        Err(CommandError::Rejected(AgentError::AlreadyRegistered)) => {
             report.unchanged.push(entry);
         }
-        (Err(CommandError::Rejected(e)), _) => return Ok(Some(e)),
-        (Err(e), _) => return Err(unavailable(e)),
+        Err(CommandError::Rejected(e)) => return Ok(Some(e)),
+        Err(e) => return Err(unavailable(e)),
     }
     Ok(None)
 }
@@ -193,64 +261,6 @@ fn seal(config: &Config, spec: &AgentSpec) -> Result<AgentSpec, SealError> {
     let mut spec = secret::open_spec(key, spec)?;
     secret::seal_spec(key, &mut spec)?;
     Ok(spec)
-}
-
-/// What to do for one agent of a valid package.
-enum Step {
-    Register(AgentSpec),
-    Update { spec: AgentSpec, from: String },
-    Unchanged,
-    Unapplied,
-}
-
-/// The step for agent `id`, or why the package cannot own that id.
-fn plan(
-    package: &Package,
-    id: &str,
-    spec: &AgentSpec,
-    current: Option<&Agent>,
-    key: Option<&SecretKey>,
-) -> Result<Step, String> {
-    let Some(agent) = current.filter(|a| a.registered) else {
-        return Ok(Step::Register(spec.clone()));
-    };
-    if agent.deregistered {
-        return Err(format!(
-            "agent `{id}` was deregistered; ids are not reused: rename the package"
-        ));
-    }
-    let Some(registered) = &agent.spec else {
-        return Ok(Step::Register(spec.clone()));
-    };
-    let dir = package.dir.to_string_lossy();
-    let moved = match registered.package_dir.as_deref() {
-        Some(old) if old == dir => false,
-        // The package moved: its old directory holds no package any more.
-        Some(old) if !Path::new(old).join(MANIFEST).exists() => true,
-        owner => {
-            let owner = owner.unwrap_or("the API (no package)");
-            return Err(format!(
-                "agent `{id}` is already registered from {owner}: rename this package"
-            ));
-        }
-    };
-    if moved || registered.package_version != spec.package_version {
-        return Ok(Step::Update {
-            spec: spec.clone(),
-            from: registered.package_version.clone(),
-        });
-    }
-    // Compared open: a secret registered in clear (before sealing) and the
-    // same secret sealed now are the same spec.
-    let open = |s: &AgentSpec| secret::open_spec(key, s).unwrap_or_else(|_| s.clone());
-    let mut same = open(spec);
-    let registered = open(registered);
-    same.config = registered.config.clone();
-    Ok(if same == registered {
-        Step::Unchanged
-    } else {
-        Step::Unapplied
-    })
 }
 
 /// Logs new errors, records them on agents registered from the package,

@@ -68,6 +68,7 @@ fn all_other_commands() -> Vec<AgentCommand> {
     use AgentCommand as C;
     vec![
         C::UpdatePackage { spec: spec() },
+        C::ApplyPackage { spec: spec() },
         C::UpdateConfig {
             expected_version: 1,
             config: json!({}),
@@ -148,6 +149,7 @@ fn update_package_bumps_the_spec_version_and_keeps_config_history() {
             version: 2,
             config: json!({"port": 9090}),
             previous_version: 1,
+            package_config: None,
         }],
     );
     let (events, agent) =
@@ -192,6 +194,7 @@ fn update_config_is_optimistic_and_wants_an_object() {
             version: 2,
             config: json!({"port": 1}),
             previous_version: 1,
+            package_config: None,
         }]
     );
     assert_eq!(agent.config_version, 2);
@@ -222,6 +225,7 @@ fn rollback_makes_an_old_config_current_as_a_new_version() {
             version: 2,
             config: json!({"port": 2}),
             previous_version: 1,
+            package_config: None,
         }],
     );
     let (events, agent) = run(
@@ -306,6 +310,7 @@ fn configs_must_satisfy_the_schema_on_register_update_rollback_and_new_packages(
                 version: 2,
                 config: json!({"port": 1}),
                 previous_version: 1,
+                package_config: None,
             },
             AgentEvent::PackageUpdated {
                 spec: AgentSpec {
@@ -336,6 +341,7 @@ fn configs_must_satisfy_the_schema_on_register_update_rollback_and_new_packages(
             version: 2,
             config: json!({"port": 80}),
             previous_version: 1,
+            package_config: None,
         }],
     );
     let err = run(given, AgentCommand::UpdatePackage { spec: narrower }).expect_err("narrower");

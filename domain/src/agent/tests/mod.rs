@@ -4,12 +4,14 @@
 //! - `commands`: register, package and config commands, refusals of
 //!   unregistered/deregistered agents.
 //! - `lifecycle`: start, stop, restart, deregister, recovery.
+//! - `package`: a package applied by discovery (layers vs runtime changes).
 //! - `facts`: process started/exited/stopped reported by the supervisor.
 //! - `reports`: health, heartbeats, limits, errors; event and state serde.
 
 mod commands;
 mod facts;
 mod lifecycle;
+mod package;
 mod reports;
 
 use chrono::{DateTime, TimeZone, Utc};
