@@ -1,15 +1,19 @@
 //! `opmas serve --package-root`: the binary discovers packages at start and
 //! as they are dropped in, with the environment's config layer and the
-//! `OPMAS_AGENT_*` variables; a bad `--environment` is refused.
+//! `OPMAS_AGENT_*` variables; a bad `--environment` is refused; with
+//! `--autostart` and the supervisor role it runs every instance of a
+//! package.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use opmas_store::AgentStore;
+use opmas_domain::ProcessStatus;
+use opmas_store::{AgentStore, TelemetrySettings};
 use serde_json::json;
 
 fn write_package(root: &std::path::Path, name: &str) {
@@ -127,5 +131,107 @@ async fn serve_discovers_packages_with_their_environment_and_variables() {
     assert!(err.contains("--environment `../prod`"), "{err}");
 
     delete_stream(&nats().await, &events).await;
+    db.cleanup().await;
+}
+
+/// `opmas serve --roles relay,supervisor --autostart` in `tmp`, discovering
+/// `root`, with telemetry streams of its own.
+fn serve_and_supervise(
+    db: &TestDb,
+    events: &opmas_store::StreamSettings,
+    telemetry: &TelemetrySettings,
+    tmp: &std::path::Path,
+    root: &std::path::Path,
+) -> tokio::process::Child {
+    opmas(db, events)
+        .args(["serve", "--roles", "relay,supervisor", "--autostart"])
+        .args(["--reconcile-interval", "1s", "--package-root"])
+        .arg(root)
+        .arg("--data-dir")
+        .arg(tmp.join("data"))
+        .env("OPMAS_METRICS_STREAM", &telemetry.metrics_stream)
+        .env("OPMAS_METRICS_SUBJECT_PREFIX", &telemetry.metrics_prefix)
+        .env("OPMAS_LOGS_STREAM", &telemetry.logs_stream)
+        .env("OPMAS_LOGS_SUBJECT_PREFIX", &telemetry.logs_prefix)
+        .spawn()
+        .unwrap()
+}
+
+/// The variable `name` of process `pid`, from `/proc/<pid>/environ`.
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// The pids of those of `ids` that run.
+async fn running_pids(store: &AgentStore, ids: &[String]) -> BTreeMap<String, u32> {
+    let mut pids = BTreeMap::new();
+    for id in ids {
+        if let Ok((agent, _)) = store.load(id).await
+            && agent.status == ProcessStatus::Running
+            && let Some(pid) = agent.pid
+        {
+            pids.insert(id.clone(), pid);
+        }
+    }
+    pids
+}
+
+/// A package with `instances = 3` is registered as three agents, and with
+/// `--autostart` the supervisor runs three processes, each with the id of
+/// its own agent in `AGENT_ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_autostarts_every_instance_of_a_package() {
+    let db = TestDb::new().await;
+    let events = stream();
+    let telemetry = TelemetrySettings::isolated(&tag());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agents");
+    let name = format!("trio-{}", tag());
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = format!(
+        "name = \"{name}\"\ntype = \"t\"\nversion = \"1.0.0\"\ncommand = \"./run.sh\"\ninstances = 3\n\n[heartbeat]\nenabled = false\n"
+    );
+    std::fs::write(dir.join("agent.toml"), manifest).unwrap();
+    // Runs while its package exists: the processes end with the test.
+    std::fs::write(
+        dir.join("run.sh"),
+        "#!/bin/sh\nwhile [ -e agent.toml ]; do sleep 0.2; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = serve_and_supervise(&db, &events, &telemetry, tmp.path(), &root);
+
+    let store = AgentStore::new(db.pool.clone());
+    let ids: Vec<String> = (1..=3).map(|i| format!("{name}-{i}")).collect();
+    let all_running = eventually(Duration::from_secs(60), || async {
+        running_pids(&store, &ids).await.len() == ids.len()
+    })
+    .await;
+    let pids = running_pids(&store, &ids).await;
+    assert!(all_running, "not all instances running: {pids:?}");
+    let seen: Vec<Option<String>> = pids
+        .values()
+        .map(|pid| environ_var(*pid, "AGENT_ID"))
+        .collect();
+    let expected: Vec<Option<String>> = ids.iter().cloned().map(Some).collect();
+    assert_eq!(seen, expected, "AGENT_ID of each instance's process");
+    assert_eq!(
+        pids.values().collect::<BTreeSet<_>>().len(),
+        3,
+        "three processes: {pids:?}"
+    );
+
+    child.kill().await.unwrap();
+    drop(tmp);
+    delete_stream(&nats().await, &events).await;
+    let js = async_nats::jetstream::new(nats().await);
+    let _ = js.delete_stream(&telemetry.logs_stream).await;
+    let _ = js.delete_stream(&telemetry.metrics_stream).await;
     db.cleanup().await;
 }
