@@ -1,6 +1,8 @@
 //! `opmas agents new NAME --template rust|shell`: a working package to
 //! start from (manifest, config, schema, code, README) that passes
-//! validation and runs as is.
+//! validation and runs as is. A Rust package is built right away with
+//! `cargo build --release` (its manifest runs `target/release/NAME`),
+//! unless cargo is missing or `--no-build` says not to.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,53 @@ pub enum Template {
 /// Where the SDK's sources are: this build's checkout.
 pub fn sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk")
+}
+
+/// The checkout's lock file: a Rust package starts from the dependency
+/// versions the SDK is built and tested with (cargo drops the others).
+fn lock_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")
+}
+
+/// How a Rust package is built, in its directory: into its own `target/`
+/// whatever `CARGO_TARGET_DIR` or a cargo config say, so that the
+/// manifest's `command` finds the program.
+pub const BUILD: &str = "cargo build --release --target-dir target";
+
+/// What became of building a Rust package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// `target/release/NAME` is there.
+    Yes,
+    /// No `cargo` on `PATH`.
+    NoCargo,
+}
+
+/// Builds the Rust package in `dir` ([`BUILD`]), saying so first; cargo's
+/// progress goes to stderr. A failed build is an error naming the package.
+pub async fn build(dir: &Path) -> anyhow::Result<Built> {
+    let child = tokio::process::Command::new("cargo")
+        .args(["build", "--release", "--target-dir", "target"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Built::NoCargo),
+        other => other.context("running cargo")?,
+    };
+    crate::println_out(&format!(
+        "  building:  {BUILD} (the first build compiles the SDK and its dependencies: minutes)"
+    ));
+    let status = child.wait().await.context("waiting for cargo")?;
+    if !status.success() {
+        bail!(
+            "cargo build failed ({status}); the package is in {}: fix it and run `{BUILD}` there",
+            dir.display()
+        );
+    }
+    Ok(Built::Yes)
 }
 
 fn files(template: Template) -> Vec<(&'static str, &'static str, bool)> {
@@ -101,6 +150,10 @@ pub fn scaffold(name: &str, template: Template, parent: &Path) -> anyhow::Result
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
         }
+    }
+    if template == Template::Rust && lock_file().exists() {
+        std::fs::copy(lock_file(), dir.join("Cargo.lock"))
+            .with_context(|| format!("writing {}", dir.join("Cargo.lock").display()))?;
     }
     Ok(dir)
 }

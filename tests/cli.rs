@@ -355,45 +355,91 @@ async fn events_verify_reports_and_repairs() {
     db.cleanup().await;
 }
 
-/// `opmas agents new` makes packages that pass validation: the shell one as
-/// is (it runs under `opmas dev` in the dev test), the Rust one once built
-/// (its program is compiled with the SDK as `sdk/examples/template_agent.rs`);
-/// a bad name or an existing directory is refused with the reason.
+/// `opmas agents new` makes packages that pass validation as they are: the
+/// shell one (it runs under `opmas dev` in the dev test) and the Rust one,
+/// which it builds with cargo in the package (a stand-in cargo here:
+/// tests/packages.rs runs what it makes); with `--no-build`, or without
+/// cargo, it says how to build instead; a bad name or an existing
+/// directory is refused with the reason.
 #[tokio::test]
 async fn agents_new_makes_valid_packages() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, template) in [("made-shell", "shell"), ("made-rust", "rust")] {
-        let out = opmas()
-            .args(["agents", "new", name, "--template", template, "--dir"])
-            .arg(dir.path())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("package {name} created")));
-    }
-    // The Rust package's program is what `cargo build --release` makes.
-    let program = dir.path().join("made-rust/target/release/made-rust");
-    std::fs::create_dir_all(program.parent().unwrap()).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_opmas"), &program).unwrap();
+    let out = opmas()
+        .args([
+            "agents",
+            "new",
+            "made-shell",
+            "--template",
+            "shell",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("package made-shell created"));
+    let out = agents_new_rust(dir.path(), "made-rust", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("package made-rust created") && stdout.contains("built:"),
+        "{stdout}"
+    );
+    let made = dir.path().join("made-rust");
+    let calls = std::fs::read_to_string(dir.path().join("cargo-calls")).unwrap();
+    assert_eq!(
+        calls,
+        format!("{} build --release --target-dir target\n", made.display())
+    );
+    assert!(made.join("Cargo.lock").exists(), "the SDK's lock file");
     let vars = std::collections::BTreeMap::new();
-    for name in ["made-shell", "made-rust"] {
-        let package = opmas_packages::Package::load(
+    let load = |name: &str| {
+        opmas_packages::Package::load(
             &dir.path().join(name),
             opmas_packages::Context {
                 environment: "development",
                 vars: &vars,
             },
         )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    };
+    for name in ["made-shell", "made-rust"] {
+        let package = load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(package.name, name);
         let (id, spec) = &package.agents[0];
         assert_eq!(id.as_str(), name);
         assert_eq!(spec.config["every_secs"], 10, "config from base.toml");
+    }
+    // Not built: with --no-build, or when there is no cargo on PATH.
+    let out = agents_new_rust(dir.path(), "later-rust", &["--no-build"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("build it:")
+            && stdout.contains("cargo build --release --target-dir target"),
+        "{stdout}"
+    );
+    let no_cargo = tempfile::tempdir().unwrap();
+    let out = opmas()
+        .args(["agents", "new", "no-cargo", "--template", "rust", "--dir"])
+        .arg(dir.path())
+        .env("PATH", no_cargo.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not built: cargo is not on PATH"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cargo-calls")).unwrap(),
+        calls,
+        "cargo ran again"
+    );
+    for name in ["later-rust", "no-cargo"] {
+        let refused = load(name).unwrap_err();
+        assert_eq!(refused.field, "command", "{name}: {refused}");
     }
     let out = opmas()
         .args(["agents", "new", "Bad_Name", "--dir"])

@@ -1,7 +1,7 @@
 //! `opmas agents|config|logs|token|events tail`: the client commands.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
@@ -61,6 +61,10 @@ pub enum AgentsCommand {
         /// Directory to create the package in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// rust: do not build the package (by default `cargo build
+        /// --release` runs in it when cargo is on PATH).
+        #[arg(long)]
+        no_build: bool,
     },
     /// Scan the server's package roots now and report what changed.
     Discover,
@@ -331,25 +335,41 @@ fn read_document(path: &PathBuf, what: &str) -> anyhow::Result<Value> {
     }
 }
 
+/// Builds the new Rust package `name` in `path`, saying what happens.
+async fn build_new(name: &str, path: &Path, no_build: bool) -> anyhow::Result<()> {
+    let build = crate::scaffold::BUILD;
+    let later = format!("(cd {} && {build})", path.display());
+    if no_build {
+        println_out(&format!("  build it:  {later}"));
+        return Ok(());
+    }
+    match crate::scaffold::build(path).await? {
+        crate::scaffold::Built::Yes => println_out(&format!(
+            "  built:     target/release/{name}; after a change: {later}"
+        )),
+        crate::scaffold::Built::NoCargo => println_out(&format!(
+            "  not built: cargo is not on PATH; before starting it: {later}"
+        )),
+    }
+    Ok(())
+}
+
 /// Runs `opmas agents ...`.
 pub async fn agents(args: &AgentsArgs) -> anyhow::Result<ExitCode> {
     if let AgentsCommand::New {
         name,
         template,
         dir,
+        no_build,
     } = &args.command
     {
         let path = crate::scaffold::scaffold(name, *template, dir)?;
-        let build = match template {
-            crate::scaffold::Template::Rust => format!(
-                "\n  build it:  (cd {} && cargo build --release)",
-                path.display()
-            ),
-            crate::scaffold::Template::Shell => String::new(),
-        };
+        println_out(&format!("package {name} created in {}", path.display()));
+        if *template == crate::scaffold::Template::Rust {
+            build_new(name, &path, *no_build).await?;
+        }
         println_out(&format!(
-            "package {name} created in {}{build}\n  run it:    put it under a package root (opmas serve|dev --package-root {}), then opmas agents start {name}",
-            path.display(),
+            "  run it:    put it under a package root (opmas serve|dev --package-root {}), then opmas agents start {name}",
             dir.display()
         ));
         return Ok(ExitCode::SUCCESS);

@@ -45,7 +45,21 @@ fn parse_config(value: &serde_json::Value) -> Result<Config, String> {
     if config.poll_ms == 0 || config.brute_force_threshold == 0 {
         return Err("poll_ms and brute_force_threshold must be at least 1".into());
     }
+    if let Some(subject) = &config.findings_subject
+        && !publishable(subject)
+    {
+        return Err(format!(
+            "findings_subject `{subject}` is not a subject to publish on (dot-separated tokens, no spaces or wildcards)"
+        ));
+    }
     Ok(config)
+}
+
+/// A NATS subject a message can be published on.
+fn publishable(subject: &str) -> bool {
+    subject.split('.').all(|token| {
+        !token.is_empty() && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+    })
 }
 
 /// One thing worth a security person's attention.

@@ -1,8 +1,10 @@
-//! Each example agent under the real supervisor, with real processes, a
-//! real Postgres and nats-server: the SDK agents get their configuration
-//! from the spec, send heartbeats on the subject the supervisor watches,
-//! answer control requests and stop gracefully on SIGTERM; the shell agent
-//! keeps running; the flaky agent crashes or hangs and is brought back.
+//! Each example package (`examples/agents/<name>`, loaded as discovery
+//! loads it) under the real supervisor, with real processes, a real
+//! Postgres and nats-server: the SDK agents get their configuration from
+//! the package, send heartbeats the supervisor sees (their health turns
+//! healthy), answer control requests and stop gracefully on SIGTERM; the
+//! shell agent is healthy by its exec check and recovered when it hangs;
+//! the flaky agent crashes or hangs and is brought back.
 #![allow(clippy::unwrap_used)]
 
 mod harness;
@@ -14,8 +16,12 @@ use futures::StreamExt;
 
 use harness::*;
 use opmas_domain::telemetry::{Heartbeat, LogLevel, LogLine};
-use opmas_domain::{AgentCommand, AgentEvent, ProcessStatus, RecoveryStatus, RestartDecision};
+use opmas_domain::{
+    Agent, AgentCommand, AgentError, AgentEvent, Health, ProcessStatus, RecoveryStatus,
+    RestartDecision,
+};
 use opmas_sdk::Metric;
+use opmas_store::CommandError;
 use serde_json::{Value, json};
 
 const LOG_WATCHER: &str = env!("CARGO_BIN_EXE_opmas-log-watcher");
@@ -38,6 +44,12 @@ async fn beats(sub: &mut async_nats::Subscriber, id: &str, n: usize) -> Vec<Hear
     out
 }
 
+/// Running and healthy: the supervisor saw heartbeats (SDK agents) or a
+/// passing health check (the shell agent).
+fn healthy(a: &Agent) -> bool {
+    a.status == ProcessStatus::Running && a.health == Health::Healthy
+}
+
 /// Stops `id` and checks that its process exited by itself with code 0
 /// (it handled SIGTERM; a kill would show as a signal).
 async fn stop_gracefully(h: &Harness, id: &str, pid: u32) {
@@ -50,6 +62,25 @@ async fn stop_gracefully(h: &Harness, id: &str, pid: u32) {
         "{id} did not exit cleanly"
     );
     assert!(!alive(pid));
+}
+
+/// `id` was recovered from a hang: `cause` is among its events, a recovery
+/// was triggered, and the hung process `pid` is gone.
+async fn assert_recovered_from(
+    h: &Harness,
+    id: &str,
+    pid: u32,
+    cause: impl Fn(&AgentEvent) -> bool,
+) {
+    let events = h.events(id).await;
+    assert!(events.iter().any(cause), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::RecoveryTriggered { .. })),
+        "{events:?}"
+    );
+    assert!(!alive(pid), "the hung process was replaced");
 }
 
 /// The log watcher reads its configuration from the spec, reports findings
@@ -73,19 +104,20 @@ async fn log_watcher_reports_findings_and_reloads_without_restart() {
     let mut metrics = h.subscribe(format!("opmas.agent_metrics.{id}")).await;
     let mut warnings = h.subscribe(h.telemetry.logs_subject(&id, "warn")).await;
     let mut heartbeats = h.heartbeats(&id).await;
-    let config = json!({
-        "path": auth.to_str().unwrap(),
-        "findings_subject": findings,
-        "from_start": true,
-        "poll_ms": 100,
-        "brute_force_threshold": 2,
-    });
-    h.start_agent(&id, sdk_spec(LOG_WATCHER, config)).await;
-    let running = h
-        .wait_for(&id, "running", |a| a.status == ProcessStatus::Running)
-        .await;
-    let pid = running.pid.unwrap();
-    beats(&mut heartbeats, &id, 3).await;
+    let (_package, spec) = package(
+        "log-watcher",
+        Some(LOG_WATCHER),
+        &[
+            ("path", json!(auth.to_str().unwrap())),
+            ("findings_subject", json!(findings)),
+            ("from_start", json!(true)),
+            ("poll_ms", json!(100)),
+            ("brute_force_threshold", json!(2)),
+        ],
+    );
+    h.start_agent(&id, spec).await;
+    let pid = h.wait_for(&id, "healthy", healthy).await.pid.unwrap();
+    beats(&mut heartbeats, &id, 2).await;
 
     let first: Value = next(&mut found, "finding").await;
     assert_eq!(first["rule"], "ssh_failed_password");
@@ -194,23 +226,29 @@ async fn log_watcher_reports_findings_and_reloads_without_restart() {
         Some(pid),
         "the config update restarted the agent"
     );
-    // A config the agent refuses is recorded as an error, the process keeps running.
+    // A config the package's schema refuses never reaches the agent.
     let current = h.agent(&id).await;
-    let mut bad = updated;
+    let mut bad = updated.clone();
     bad["poll_ms"] = json!(0);
-    h.command(
-        &id,
-        AgentCommand::UpdateConfig {
-            expected_version: current.config_version,
-            config: bad,
-        },
-    )
-    .await;
+    let update = |config| AgentCommand::UpdateConfig {
+        expected_version: current.config_version,
+        config,
+    };
+    let refused = h.try_command(&id, update(bad)).await;
+    assert!(
+        matches!(&refused, Err(CommandError::Rejected(AgentError::Validation { field, .. })) if field == "config.poll_ms"),
+        "{refused:?}"
+    );
+    // One the schema allows and the agent refuses is recorded as an
+    // error; the process keeps running.
+    let mut bad = updated;
+    bad["findings_subject"] = json!("findings for everyone");
+    h.command(&id, update(bad)).await;
     let refused = h
         .wait_for(&id, "reload refusal recorded", |a| {
             a.last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("not applied"))
+                .is_some_and(|e| e.contains("not applied") && e.contains("findings_subject"))
         })
         .await;
     assert_eq!(refused.pid, Some(pid));
@@ -228,13 +266,18 @@ async fn host_health_publishes_host_metrics() {
     let mut metrics = h.subscribe(format!("opmas.agent_metrics.{id}")).await;
     let mut heartbeats = h.heartbeats(&id).await;
     // Thresholds no host passes, so the status is "ok".
-    let config = json!({"interval_secs": 0.2, "cpu_warn_percent": 1e9, "memory_warn_percent": 101, "disk_warn_percent": 101});
-    h.start_agent(&id, sdk_spec(HOST_HEALTH, config)).await;
-    let pid = h
-        .wait_for(&id, "running", |a| a.status == ProcessStatus::Running)
-        .await
-        .pid
-        .unwrap();
+    let (_package, spec) = package(
+        "host-health",
+        Some(HOST_HEALTH),
+        &[
+            ("interval_secs", json!(0.5)),
+            ("cpu_warn_percent", json!(1e9)),
+            ("memory_warn_percent", json!(100)),
+            ("disk_warn_percent", json!(100)),
+        ],
+    );
+    h.start_agent(&id, spec).await;
+    let pid = h.wait_for(&id, "healthy", healthy).await.pid.unwrap();
 
     let mut names = std::collections::BTreeSet::new();
     while !(names.contains("host_cpu_percent")
@@ -275,21 +318,21 @@ async fn host_health_publishes_host_metrics() {
     h.finish().await;
 }
 
-/// The shell agent has no SDK: with heartbeats off it keeps running, its
-/// lines reach OPMAS_LOGS, and it stops on SIGTERM by itself.
+/// The shell agent has no SDK and sends no heartbeats: its exec check
+/// (`check.sh`: did it tick lately?) makes it healthy, its lines reach
+/// OPMAS_LOGS; stopped with SIGSTOP (its process alive, its ticks gone) it
+/// turns critical and is restarted; it stops on SIGTERM by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn shell_agent_runs_without_the_sdk() {
+async fn shell_agent_is_healthy_by_its_check_and_restarted_when_it_hangs() {
     let h = Harness::start().await;
     let id = format!("shell-ticker-{}", h.tag);
-    let package = concat!(env!("CARGO_MANIFEST_DIR"), "/shell-ticker");
     let mut lines = h.subscribe(h.telemetry.logs_subject(&id, "info")).await;
-    let mut spec = sdk_spec("./run.sh", json!({}));
-    spec.working_dir = Some(package.into());
-    spec.heartbeat.enabled = false;
-    spec.env.insert("TICK_INTERVAL".into(), "0.2".into());
+    let (_package, mut spec) = package("shell-ticker", None, &[]);
+    // A tick every half second instead of every 5 s; the rest as shipped.
+    spec.env.insert("TICK_INTERVAL".into(), "0.5".into());
     h.start_agent(&id, spec).await;
     let pid = h
-        .wait_for(&id, "running", |a| a.status == ProcessStatus::Running)
+        .wait_for(&id, "healthy by its check", healthy)
         .await
         .pid
         .unwrap();
@@ -302,20 +345,40 @@ async fn shell_agent_runs_without_the_sdk() {
             ticks += 1;
         }
     }
-    let agent = h.agent(&id).await;
-    assert_eq!(
-        (agent.status, agent.pid),
-        (ProcessStatus::Running, Some(pid))
+    let events = h.events(&id).await;
+    assert!(
+        events.iter().any(|e| matches!(e,
+            AgentEvent::HealthChanged { to: Health::Healthy, reason, .. }
+                if reason.ends_with("check.sh` succeeded"))),
+        "{events:?}"
     );
     assert!(
-        !h.events(&id).await.iter().any(|e| matches!(
+        !events.iter().any(|e| matches!(
             e,
             AgentEvent::ProcessExited { .. } | AgentEvent::HeartbeatLost { .. }
         )),
-        "the shell agent should just keep running"
+        "the shell agent should just keep running: {events:?}"
     );
 
-    stop_gracefully(&h, &id, pid).await;
+    // Hung: the process is there, its ticks are not.
+    let signal = nix::sys::signal::Signal::SIGSTOP;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        signal,
+    )
+    .unwrap();
+    let again = h
+        .wait_for(&id, "restarted and healthy", |a| {
+            a.pid.is_some_and(|p| p != pid) && healthy(a)
+        })
+        .await;
+    assert_recovered_from(&h, &id, pid, |e| {
+        matches!(e, AgentEvent::HealthChanged { to: Health::Critical, reason, .. }
+            if reason.contains("2 health checks failed in a row"))
+    })
+    .await;
+
+    stop_gracefully(&h, &id, again.pid.unwrap()).await;
     let out = std::fs::read_to_string(h.logs.path().join(&id).join("stdout.log")).unwrap();
     assert!(out.contains("stopping after"), "{out}");
     h.finish().await;
@@ -330,20 +393,20 @@ async fn flaky_agent_crashes_or_hangs_and_is_recovered() {
     let hanger = format!("flaky-hang-{}", h.tag);
     let mut crash_beats = h.heartbeats(&crasher).await;
     let mut hang_beats = h.heartbeats(&hanger).await;
-    h.start_agent(
-        &crasher,
-        sdk_spec(
-            FLAKY,
-            json!({"min_secs": 0.5, "max_secs": 1.0, "hang_chance": 0.0}),
-        ),
-    )
-    .await;
-    let mut spec = sdk_spec(
-        FLAKY,
-        json!({"min_secs": 0.5, "max_secs": 1.0, "hang_chance": 1.0}),
-    );
-    spec.heartbeat.timeout_ms = 1_500;
-    spec.stop_grace_ms = 500;
+    let flaky = |hang_chance: f64| {
+        package(
+            "flaky",
+            Some(FLAKY),
+            &[
+                ("min_secs", json!(0.5)),
+                ("max_secs", json!(1.0)),
+                ("hang_chance", json!(hang_chance)),
+            ],
+        )
+    };
+    let (_crash_package, spec) = flaky(0.0);
+    h.start_agent(&crasher, spec).await;
+    let (_hang_package, spec) = flaky(1.0);
     h.start_agent(&hanger, spec).await;
 
     let first = h
@@ -373,20 +436,10 @@ async fn flaky_agent_crashes_or_hangs_and_is_recovered() {
         a.recovery == RecoveryStatus::Succeeded && a.pid.is_some_and(|p| p != hung)
     })
     .await;
-    let events = h.events(&hanger).await;
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, AgentEvent::HeartbeatLost { .. })),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, AgentEvent::RecoveryTriggered { .. })),
-        "{events:?}"
-    );
-    assert!(!alive(hung), "the hung process was replaced");
+    assert_recovered_from(&h, &hanger, hung, |e| {
+        matches!(e, AgentEvent::HeartbeatLost { .. })
+    })
+    .await;
 
     h.finish().await;
 }

@@ -21,7 +21,11 @@ async fn main() -> Result<(), opmas_sdk::Error> {
             while !handle.is_stopped() {
                 let every = handle.config()["every_secs"].as_u64().unwrap_or(10);
                 done += 1;
-                handle.log(Level::Info, "did some work", serde_json::json!({"done": done}));
+                handle.log(
+                    Level::Info,
+                    "did some work",
+                    serde_json::json!({"done": done}),
+                );
                 handle.metric("work_done", done as f64, &[]).await?;
                 tokio::select! {
                     () = handle.stopped() => {}

@@ -1,7 +1,8 @@
 //! A supervisor of its own for each test: a fresh database on the shared
 //! Postgres (`OPMAS_TEST_DATABASE_URL`), its own event/metrics/logs streams
 //! and heartbeat/control subjects on the shared nats-server
-//! (`OPMAS_TEST_NATS_URL`), and a temporary log directory. Kept free of
+//! (`OPMAS_TEST_NATS_URL`), and a temporary log directory; [`package`]
+//! loads an example package the way discovery does. Kept free of
 //! `opmas-testkit` so these tests do not build the API.
 
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use opmas_domain::{Agent, AgentCommand, AgentEvent, AgentId, AgentSpec, EventMetadata};
 use opmas_store::{
-    AgentStore, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
+    AgentStore, CommandError, OutboxNotifier, Relay, RelayConfig, StreamSettings, TelemetrySettings,
 };
 use opmas_supervisor::{Config, Supervisor};
 use tokio_util::sync::CancellationToken;
@@ -111,8 +112,13 @@ impl Harness {
     }
 
     pub async fn command(&self, id: &str, cmd: AgentCommand) {
+        self.try_command(id, cmd).await.unwrap();
+    }
+
+    /// The command's outcome, for tests of refusals.
+    pub async fn try_command(&self, id: &str, cmd: AgentCommand) -> Result<(), CommandError> {
         let meta = EventMetadata::new("test", uuid::Uuid::new_v4().to_string(), chrono::Utc::now());
-        self.store.execute(id, cmd, meta.to_map()).await.unwrap();
+        self.store.execute(id, cmd, meta.to_map()).await.map(drop)
     }
 
     pub async fn agent(&self, id: &str) -> Agent {
@@ -234,23 +240,43 @@ pub async fn next<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&msg.payload).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A spec for an agent on the SDK: heartbeats every 200 ms, a generous
-/// timeout and grace (slow machines), fast restarts, a long stop grace (so a
-/// graceful exit is the agent's own).
-pub fn sdk_spec(command: &str, config: serde_json::Value) -> AgentSpec {
-    let mut spec = AgentSpec {
-        agent_type: "example".into(),
-        package_version: "0.1.0".into(),
-        command: command.into(),
-        config,
-        stop_grace_ms: 20_000,
-        ..AgentSpec::default()
+/// The example package `examples/agents/<name>` as discovery loads it:
+/// its manifest, `config/base.toml` and, as `OPMAS_AGENT_<NAME>__<KEY>`
+/// variables, the `config` overrides (so the schema checks them). The
+/// package is copied to a directory of its own first (agents may write in
+/// their package; the copy dies with the returned guard). Only what a test
+/// must is changed afterwards: `program` (the workspace's binary) replaces
+/// a command found on `PATH`.
+pub fn package(
+    name: &str,
+    program: Option<&str>,
+    config: &[(&str, serde_json::Value)],
+) -> (tempfile::TempDir, AgentSpec) {
+    let root = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&source)
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {}", source.display());
+    let prefix = format!("OPMAS_AGENT_{}__", name.to_uppercase().replace('-', "_"));
+    let vars = config
+        .iter()
+        .map(|(key, value)| (format!("{prefix}{}", key.to_uppercase()), value.to_string()))
+        .collect();
+    let context = opmas_packages::Context {
+        environment: "development",
+        vars: &vars,
     };
-    spec.heartbeat.interval_ms = 200;
-    spec.heartbeat.timeout_ms = 20_000;
-    spec.heartbeat.startup_grace_ms = 30_000;
-    spec.restart.initial_delay_ms = 50;
-    spec
+    let package = opmas_packages::Package::load(&root.path().join(name), context)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let [(_, mut spec)] = <[_; 1]>::try_from(package.agents).unwrap();
+    if let Some(program) = program {
+        spec.command = program.into();
+    }
+    (root, spec)
 }
 
 /// The exit recorded for process `pid`: `(code, signal)`.
