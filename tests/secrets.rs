@@ -37,6 +37,15 @@ const SECRETS: [&str; 6] = [
 /// shown in the refusal.
 const REFUSED: &str = "hunt3r7";
 
+/// Registers `spec` as `id`: refused with a 422 naming `field`; the answer.
+async fn refused_registration(stack: &ApiStack, id: &str, spec: Value, field: &str) -> Value {
+    let body = json!({"agent_id": id, "spec": spec});
+    let (s, answer) = call(stack, Method::POST, "/api/v1/agents", Some(body)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["details"]["field"], field, "{answer}");
+    answer
+}
+
 async fn call(
     stack: &ApiStack,
     method: Method,
@@ -245,34 +254,14 @@ async fn secrets_are_sealed_in_store_and_stream_and_clear_for_the_agent() {
     assert_eq!(v["error"]["details"]["field"], "config.password", "{v}");
     let mut short = vault_spec(work.path());
     short["config"]["password"] = json!(REFUSED);
-    let (s, registering) = call(
-        &stack,
-        Method::POST,
-        "/api/v1/agents",
-        Some(json!({"agent_id": "vault-short", "spec": short})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{registering}");
-    assert_eq!(
-        registering["error"]["details"]["field"], "spec.config.password",
-        "{registering}"
-    );
+    let registering =
+        refused_registration(&stack, "vault-short", short, "spec.config.password").await;
     // An env value that is not a string (any may be secret): refused by
     // the JSON decoder, whose message would show it.
     let mut numeric = vault_spec(work.path());
     numeric["env"]["DB_PASSWORD"] = json!(73317331);
-    let (s, decoding) = call(
-        &stack,
-        Method::POST,
-        "/api/v1/agents",
-        Some(json!({"agent_id": "vault-numeric", "spec": numeric})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{decoding}");
-    assert_eq!(
-        decoding["error"]["details"]["field"], "spec.env.DB_PASSWORD",
-        "{decoding}"
-    );
+    let decoding =
+        refused_registration(&stack, "vault-numeric", numeric, "spec.env.DB_PASSWORD").await;
     assert!(!decoding.to_string().contains("73317331"), "{decoding}");
     for answer in [&v, &registering] {
         let message = answer["error"]["message"].as_str().unwrap();

@@ -138,6 +138,14 @@ impl Harness {
         self.store.execute(id, cmd, meta("operator")).await.unwrap();
     }
 
+    /// Registers `id`, starts it and waits until it runs.
+    async fn started(&self, id: &str, spec: AgentSpec) -> Agent {
+        self.register(id, spec).await;
+        self.command(id, AgentCommand::Start).await;
+        self.wait_for(id, "running", |a| a.status == ProcessStatus::Running)
+            .await
+    }
+
     async fn agent(&self, id: &str) -> Agent {
         AgentStore::new(self.db.pool.clone())
             .load(id)
@@ -305,11 +313,7 @@ async fn start_after_stop_does_not_wait_for_the_stop_grace() {
     let h = Harness::new().await;
     let mut spec = sh("exec sleep 1000");
     spec.stop_grace_ms = 600_000;
-    h.register("again", spec).await;
-    h.command("again", AgentCommand::Start).await;
-    let first = h
-        .wait_for("again", "running", |a| a.status == ProcessStatus::Running)
-        .await;
+    let first = h.started("again", spec).await;
     h.command("again", AgentCommand::Stop).await;
     h.wait_for("again", "stopped", |a| a.status == ProcessStatus::Stopped)
         .await;
@@ -362,13 +366,7 @@ async fn stubborn_agent_is_killed_after_grace() {
     let h = Harness::new().await;
     let mut spec = sh("trap '' TERM; sleep 1000");
     spec.stop_grace_ms = 300;
-    h.register("stubborn", spec).await;
-    h.command("stubborn", AgentCommand::Start).await;
-    let agent = h
-        .wait_for("stubborn", "running", |a| {
-            a.status == ProcessStatus::Running
-        })
-        .await;
+    let agent = h.started("stubborn", spec).await;
     let pid = agent.pid.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await; // let sh install its trap
     h.command("stubborn", AgentCommand::Stop).await;

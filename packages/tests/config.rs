@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{BASE, load_with};
+use opmas_packages::Invalid;
 use serde_json::json;
 
 const SCHEMA: &str = r#"{
@@ -91,19 +92,26 @@ fn each_layer_overrides_the_one_below() {
     );
 }
 
+/// The error of the package with the schema and this `config/base.toml`,
+/// which the schema must refuse.
+fn refused_base(base: &str) -> Invalid {
+    let files = [("config/schema.json", SCHEMA), ("config/base.toml", base)];
+    let (_tmp, result) = load_with(&manifest(), &files, "production", &BTreeMap::new());
+    result.expect_err("the schema refuses this base.toml")
+}
+
+/// The error, as text, of the package with the schema and this variable,
+/// which must be refused.
+fn refused_var(name: &str, value: &str) -> String {
+    let env = vars(&[(name, value)]);
+    let files = [("config/schema.json", SCHEMA)];
+    let (_tmp, result) = load_with(&manifest(), &files, "production", &env);
+    result.expect_err("the variable is refused").to_string()
+}
+
 #[test]
 fn a_value_the_schema_refuses_names_its_path_and_layer() {
-    let base = (
-        "config/base.toml",
-        "level = \"info\"\n\n[db]\nport = \"five\"\n",
-    );
-    let (_tmp, err) = load_with(
-        &manifest(),
-        &[("config/schema.json", SCHEMA), base],
-        "production",
-        &BTreeMap::new(),
-    );
-    let err = err.unwrap_err();
+    let err = refused_base("level = \"info\"\n\n[db]\nport = \"five\"\n");
     assert!(err.file.ends_with("web/config/base.toml"), "{err}");
     assert_eq!((err.field.as_str(), err.line), ("config.db.port", Some(4)));
     assert_eq!(err.message, "\"five\" is not of type \"integer\"");
@@ -178,15 +186,8 @@ fn a_value_the_schema_refuses_names_its_path_and_layer() {
     assert!(err.message.starts_with("is not JSON: "), "{err}");
 
     // An empty key segment in a variable.
-    let env = vars(&[("OPMAS_AGENT_WEB__DB____PORT", "1")]);
-    let (_tmp, err) = load_with(
-        &manifest(),
-        &[("config/schema.json", SCHEMA)],
-        "production",
-        &env,
-    );
     assert_eq!(
-        err.unwrap_err().to_string(),
+        refused_var("OPMAS_AGENT_WEB__DB____PORT", "1"),
         "$OPMAS_AGENT_WEB__DB____PORT: has an empty key segment: write OPMAS_AGENT_<NAME>__<KEY>[__<KEY>...]"
     );
 }
@@ -195,17 +196,7 @@ fn a_value_the_schema_refuses_names_its_path_and_layer() {
 /// file and line or the variable, and what is wrong; never the value.
 #[test]
 fn a_secret_the_schema_refuses_is_named_not_shown() {
-    let base = (
-        "config/base.toml",
-        "level = \"info\"\n[db]\npassword = \"hunt3r7\"\n",
-    );
-    let (_tmp, err) = load_with(
-        &manifest(),
-        &[("config/schema.json", SCHEMA), base],
-        "production",
-        &BTreeMap::new(),
-    );
-    let err = err.unwrap_err();
+    let err = refused_base("level = \"info\"\n[db]\npassword = \"hunt3r7\"\n");
     assert!(err.file.ends_with("web/config/base.toml"), "{err}");
     assert_eq!(
         (err.field.as_str(), err.line),
@@ -217,15 +208,8 @@ fn a_secret_the_schema_refuses_is_named_not_shown() {
     );
     assert!(!err.to_string().contains("hunt3r7"), "{err}");
 
-    let env = vars(&[("OPMAS_AGENT_WEB__DB__PASSWORD", "hunt3r7")]);
-    let (_tmp, err) = load_with(
-        &manifest(),
-        &[("config/schema.json", SCHEMA)],
-        "production",
-        &env,
-    );
     assert_eq!(
-        err.unwrap_err().to_string(),
+        refused_var("OPMAS_AGENT_WEB__DB__PASSWORD", "hunt3r7"),
         "$OPMAS_AGENT_WEB__DB__PASSWORD: `config.db.password`: the value is shorter than 8 characters (value hidden: secret)"
     );
 }
