@@ -109,13 +109,18 @@ impl Agent {
         let result = work(handle.clone()).await;
         handle.stop_with(Outcome::Finished);
         let served = service.await;
-        // What was published should leave before the process exits.
-        let _ = handle.client().flush().await;
+        // What was published should leave before the process exits; not
+        // waiting for a server that is gone (a flush waits for a reconnection).
+        let _ = tokio::time::timeout(LAST_WORDS, handle.client().flush()).await;
         served.map_err(|e| Error::Work(format!("service loop: {e}")))?;
         result.map_err(|e| Error::Work(e.to_string()))?;
         Ok(handle.outcome().unwrap_or(Outcome::Finished))
     }
 }
+
+/// How long a stopping agent, or a control reply, waits for what it sent
+/// to leave (longer only when the server is unreachable).
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// Returns once the server has processed everything this connection sent
 /// before (a flush only empties the local buffer): the server handles one
@@ -183,7 +188,7 @@ async fn serve(
             },
         }
     }
-    let _ = control.unsubscribe().await;
+    let _ = tokio::time::timeout(LAST_WORDS, control.unsubscribe()).await;
 }
 
 async fn heartbeat(handle: &Handle) {
@@ -194,9 +199,10 @@ async fn heartbeat(handle: &Handle) {
     };
     // A heartbeat that cannot be sent is a missed heartbeat: the supervisor
     // notices, nothing to do here.
-    let _ = handle
-        .publish_json(handle.settings().heartbeat_subject.clone(), &beat)
-        .await;
+    // Nor one that would hold the loop (and a stop) while the connection
+    // is down and its buffer full.
+    let publish = handle.publish_json(handle.settings().heartbeat_subject.clone(), &beat);
+    let _ = tokio::time::timeout(handle.settings().heartbeat_interval, publish).await;
 }
 
 /// Handles one control request and replies (when the request has a reply
@@ -215,8 +221,11 @@ async fn answer(handle: &Handle, on_reload: &mut Option<ReloadFn>, message: asyn
         },
     };
     if let Some(subject) = message.reply {
-        let _ = handle.publish_json(subject.to_string(), &reply).await;
-        let _ = handle.client().flush().await;
+        let _ = tokio::time::timeout(LAST_WORDS, async {
+            let _ = handle.publish_json(subject.to_string(), &reply).await;
+            let _ = handle.client().flush().await;
+        })
+        .await;
     }
     if let Some(outcome) = stop_after {
         handle.stop_with(outcome);

@@ -260,3 +260,27 @@ async fn unreachable_nats_is_a_nats_error() {
         Ok(_) => panic!("connected to nothing"),
     }
 }
+
+/// An agent whose NATS server is gone still stops when asked: the last
+/// flush does not wait for a reconnection. (An agent outlived the
+/// nats-server of an `opmas dev` that ended, and ignored SIGTERM.)
+#[tokio::test]
+async fn stops_when_its_server_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = opmas_embedded::NatsServer::start(dir.path()).await.unwrap();
+    let agent = Agent::connect(settings(&[("NATS_URL", &server.url())]))
+        .await
+        .unwrap();
+    let handle = agent.handle();
+    let run = tokio::spawn(agent.run(idle));
+    server.stop().await;
+    // Heartbeats go on meanwhile, into the buffer of a lost connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.stop();
+    let outcome = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("run returns without its server")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Outcome::Stopped);
+}
