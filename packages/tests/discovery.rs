@@ -4,7 +4,8 @@
 //! updates the spec, config layer edits become config versions under the
 //! runtime values, invalid packages are reported and not registered,
 //! removed packages are reported and left registered; a secret the schema
-//! refuses is named, never shown.
+//! refuses is named, never shown; invalid packages, registered or not, are
+//! published once on the packages stream and cleared when fixed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,8 +18,8 @@ use common::{BASE, package, write};
 use opmas_domain::secret::SecretKey;
 use opmas_domain::{AgentCommand, AgentEvent, Health};
 use opmas_packages::ScanReport;
-use opmas_packages::discovery::{Config, Discovery};
-use opmas_store::AgentStore;
+use opmas_packages::discovery::{Config, Discovery, PackageEvent, PackageEvents};
+use opmas_store::{AgentStore, PackageEventSettings};
 use opmas_testkit::{TestDb, eventually};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,24 @@ async fn registered(store: &AgentStore, id: &str) -> bool {
         .load(id)
         .await
         .is_ok_and(|(agent, _)| agent.registered)
+}
+
+/// Every message of the packages stream, with its subject, in order.
+async fn package_messages(
+    js: &async_nats::jetstream::Context,
+    settings: &PackageEventSettings,
+) -> Vec<(String, PackageEvent)> {
+    let Ok(mut stream) = js.get_stream(&settings.name).await else {
+        return Vec::new();
+    };
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut messages = Vec::new();
+    for sequence in 1..=last {
+        let m = stream.get_raw_message(sequence).await.unwrap();
+        let event = serde_json::from_slice(&m.payload).unwrap();
+        messages.push((m.subject.to_string(), event));
+    }
+    messages
 }
 
 async fn event_types(store: &AgentStore, id: &str) -> Vec<&'static str> {
@@ -765,5 +784,106 @@ async fn config_layer_edits_become_versions_under_runtime_values() {
             .unwrap()
             .starts_with("opmas:sealed:")
     );
+    db.cleanup().await;
+}
+
+/// A new package that never registered (its manifest refused) is published
+/// as `PackageInvalid` with where and why; rescans publish nothing new, a
+/// restarted discovery tells it again, the fix registers the agent and
+/// publishes `PackageValid`, and breaking it again is published again.
+#[tokio::test]
+async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
+    let (db, store, _tmp, root) = setup().await;
+    let js = async_nats::jetstream::new(opmas_testkit::nats().await);
+    let settings = PackageEventSettings::isolated(&opmas_testkit::tag());
+    let events = PackageEvents::new(js.clone(), settings.clone(), "node-a".into());
+    let config = Config {
+        events: Some(events),
+        ..config(&root)
+    };
+    let fixed = BASE.replace("\"web\"", "\"late\"");
+    let broken = format!("{fixed}[heartbeat]\ninterval = \"5s\"\ntimeout = \"1s\"\n");
+    let dir = package(&root, "late", &broken);
+    let discovery = Discovery::new(store.clone(), config.clone());
+    assert_eq!(discovery.scan().await.unwrap().invalid.len(), 1);
+    assert!(!registered(&store, "late").await);
+
+    let messages = package_messages(&js, &settings).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let (subject, event) = &messages[0];
+    assert_eq!(subject, &format!("{}.invalid", settings.subject_prefix));
+    let PackageEvent::PackageInvalid {
+        package,
+        file,
+        line,
+        field,
+        message,
+        agent_ids,
+        server,
+        at,
+    } = event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(package, &*dir.to_string_lossy());
+    assert!(file.ends_with("late/agent.toml"), "{file}");
+    assert_eq!((*line, field.as_str()), (Some(7), "heartbeat.timeout"));
+    assert_eq!(
+        message,
+        "must be at least `heartbeat.interval` (5s), got 1s"
+    );
+    assert!(agent_ids.is_empty(), "unknown: the manifest was refused");
+    assert_eq!(server, "node-a");
+    assert!((chrono::Utc::now() - *at).num_seconds() < 60);
+
+    // The same error again: nothing new. A restarted discovery (empty
+    // memo) tells it again.
+    discovery.scan().await.unwrap();
+    assert_eq!(package_messages(&js, &settings).await.len(), 1);
+    Discovery::new(store.clone(), config).scan().await.unwrap();
+    let messages = package_messages(&js, &settings).await;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1].1.kind(), "invalid");
+
+    // Fixed: the agent registers and the alert can be cleared.
+    write(&dir, &[("agent.toml", &fixed)]);
+    let report = discovery.scan().await.unwrap();
+    assert!(report.invalid.is_empty());
+    assert!(registered(&store, "late").await);
+    let messages = package_messages(&js, &settings).await;
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let (subject, event) = &messages[2];
+    assert_eq!(subject, &format!("{}.valid", settings.subject_prefix));
+    let PackageEvent::PackageValid {
+        package,
+        agent_ids,
+        gone,
+        server,
+        ..
+    } = event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(package, &*dir.to_string_lossy());
+    assert_eq!(
+        (agent_ids.as_slice(), *gone),
+        (&["late".to_owned()][..], false)
+    );
+    assert_eq!(server, "node-a");
+    discovery.scan().await.unwrap();
+    assert_eq!(package_messages(&js, &settings).await.len(), 3);
+
+    // Broken again the same way, now registered: published again (not
+    // dropped as a duplicate), naming the agent registered from it.
+    write(&dir, &[("agent.toml", &broken)]);
+    discovery.scan().await.unwrap();
+    let messages = package_messages(&js, &settings).await;
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    let PackageEvent::PackageInvalid { agent_ids, .. } = &messages[3].1 else {
+        panic!("{messages:?}")
+    };
+    assert_eq!(agent_ids, &["late".to_owned()]);
+
+    let _ = js.delete_stream(&settings.name).await;
     db.cleanup().await;
 }

@@ -175,3 +175,66 @@ impl TelemetrySettings {
         Ok(())
     }
 }
+
+/// Settings of the `OPMAS_PACKAGES` stream: what package discovery reports
+/// (`PackageInvalid` on `<prefix>.invalid`, `PackageValid` on
+/// `<prefix>.valid`; docs/packages.md). Age-limited: the scan report and
+/// the next start of discovery tell the current state again.
+#[derive(Debug, Clone)]
+pub struct PackageEventSettings {
+    /// Stream name (`OPMAS_PACKAGES`).
+    pub name: String,
+    /// Subject prefix (`opmas.packages`).
+    pub subject_prefix: String,
+    /// Max age of messages.
+    pub max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    pub duplicate_window: Duration,
+    /// Replicas.
+    pub replicas: usize,
+}
+
+impl Default for PackageEventSettings {
+    fn default() -> Self {
+        Self {
+            name: "OPMAS_PACKAGES".into(),
+            subject_prefix: "opmas.packages".into(),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl PackageEventSettings {
+    /// Settings with a distinct name and prefix, e.g. for one test.
+    pub fn isolated(tag: &str) -> Self {
+        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        Self {
+            name: format!("OPMAS_PACKAGES_{}", tag.to_uppercase()),
+            subject_prefix: format!("opmas_{tag}.packages"),
+            ..Self::default()
+        }
+    }
+
+    /// Subject of a message of `kind` (`invalid`, `valid`).
+    pub fn subject(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.subject_prefix)
+    }
+
+    /// Creates the stream, or updates it to these settings.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), Error> {
+        js.create_or_update_stream(stream::Config {
+            name: self.name.clone(),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            num_replicas: self.replicas,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::nats)?;
+        Ok(())
+    }
+}
