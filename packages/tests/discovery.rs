@@ -50,6 +50,21 @@ async fn registered(store: &AgentStore, id: &str) -> bool {
         .is_ok_and(|(agent, _)| agent.registered)
 }
 
+/// `config` publishing on a packages stream of the test's own (as
+/// `node-a`), a JetStream context and the stream's settings.
+async fn publishing(
+    config: Config,
+) -> (Config, async_nats::jetstream::Context, PackageEventSettings) {
+    let js = async_nats::jetstream::new(opmas_testkit::nats().await);
+    let settings = PackageEventSettings::isolated(&opmas_testkit::tag());
+    let events = PackageEvents::new(js.clone(), settings.clone(), "node-a".into());
+    let config = Config {
+        events: Some(events),
+        ..config
+    };
+    (config, js, settings)
+}
+
 /// Every message of the packages stream, with its subject, in order.
 async fn package_messages(
     js: &async_nats::jetstream::Context,
@@ -553,8 +568,9 @@ impl Logs {
 }
 
 /// A registered package whose `x-secret` config field turns into a value
-/// its schema refuses: the report, the log line and the `ErrorRecorded`
-/// event name the field and what is wrong, and hold no trace of the value.
+/// its schema refuses: the report, the log line, the `ErrorRecorded` event
+/// and the `PackageInvalid` message name the field and what is wrong, and
+/// hold no trace of the value.
 #[tokio::test]
 async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     let db = TestDb::new().await;
@@ -570,13 +586,12 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
         &[("config/base.toml", "key = \"long-enough-s3cret\"\n")],
     );
     let key = opmas_domain::secret::SecretKey::generate().unwrap();
-    let discovery = Discovery::new(
-        store.clone(),
-        Config {
-            secret_key: Some(Arc::new(key)),
-            ..config(&root)
-        },
-    );
+    let (config, js, settings) = publishing(Config {
+        secret_key: Some(Arc::new(key)),
+        ..config(&root)
+    })
+    .await;
+    let discovery = Discovery::new(store.clone(), config);
     assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
 
     write(&web, &[("config/base.toml", "key = \"hunt3r7\"\n")]);
@@ -611,13 +626,22 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     let recorded = serde_json::to_string(&recorded.payload).unwrap();
     assert!(recorded.contains("`config.key`"), "{recorded}");
     let reported = serde_json::to_string(&report).unwrap();
+    let messages = package_messages(&js, &settings).await;
+    let [(_, message @ PackageEvent::PackageInvalid { agent_ids, .. })] = &messages[..] else {
+        panic!("{messages:?}")
+    };
+    assert_eq!(agent_ids, &["web".to_owned()]);
+    let published = serde_json::to_string(message).unwrap();
+    assert!(published.contains("config.key"), "{published}");
     for (what, text) in [
         ("report", &reported),
         ("log", &logged),
         ("event", &recorded),
+        ("message", &published),
     ] {
         assert!(!text.contains("hunt3r7"), "{what} shows the secret: {text}");
     }
+    let _ = js.delete_stream(&settings.name).await;
     db.cleanup().await;
 }
 
@@ -794,13 +818,7 @@ async fn config_layer_edits_become_versions_under_runtime_values() {
 #[tokio::test]
 async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
     let (db, store, _tmp, root) = setup().await;
-    let js = async_nats::jetstream::new(opmas_testkit::nats().await);
-    let settings = PackageEventSettings::isolated(&opmas_testkit::tag());
-    let events = PackageEvents::new(js.clone(), settings.clone(), "node-a".into());
-    let config = Config {
-        events: Some(events),
-        ..config(&root)
-    };
+    let (config, js, settings) = publishing(config(&root)).await;
     let fixed = BASE.replace("\"web\"", "\"late\"");
     let broken = format!("{fixed}[heartbeat]\ninterval = \"5s\"\ntimeout = \"1s\"\n");
     let dir = package(&root, "late", &broken);
