@@ -83,6 +83,21 @@ async fn package_messages(
     messages
 }
 
+/// The last of the packages stream's messages, which must be `count`; each
+/// on the subject of its kind.
+async fn last_message(
+    js: &async_nats::jetstream::Context,
+    settings: &PackageEventSettings,
+    count: usize,
+) -> PackageEvent {
+    let messages = package_messages(js, settings).await;
+    assert_eq!(messages.len(), count, "{messages:?}");
+    for (subject, event) in &messages {
+        assert_eq!(subject, &settings.subject(event.kind()));
+    }
+    messages.into_iter().last().unwrap().1
+}
+
 async fn event_types(store: &AgentStore, id: &str) -> Vec<&'static str> {
     store
         .events(id)
@@ -626,12 +641,12 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     let recorded = serde_json::to_string(&recorded.payload).unwrap();
     assert!(recorded.contains("`config.key`"), "{recorded}");
     let reported = serde_json::to_string(&report).unwrap();
-    let messages = package_messages(&js, &settings).await;
-    let [(_, message @ PackageEvent::PackageInvalid { agent_ids, .. })] = &messages[..] else {
-        panic!("{messages:?}")
+    let message = last_message(&js, &settings, 1).await;
+    let PackageEvent::PackageInvalid { agent_ids, .. } = &message else {
+        panic!("{message:?}")
     };
-    assert_eq!(agent_ids, &["web".to_owned()]);
-    let published = serde_json::to_string(message).unwrap();
+    assert_eq!(agent_ids, &["web"]);
+    let published = serde_json::to_string(&message).unwrap();
     assert!(published.contains("config.key"), "{published}");
     for (what, text) in [
         ("report", &reported),
@@ -826,10 +841,6 @@ async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
     assert_eq!(discovery.scan().await.unwrap().invalid.len(), 1);
     assert!(!registered(&store, "late").await);
 
-    let messages = package_messages(&js, &settings).await;
-    assert_eq!(messages.len(), 1, "{messages:?}");
-    let (subject, event) = &messages[0];
-    assert_eq!(subject, &format!("{}.invalid", settings.subject_prefix));
     let PackageEvent::PackageInvalid {
         package,
         file,
@@ -839,55 +850,48 @@ async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
         agent_ids,
         server,
         at,
-    } = event
+    } = last_message(&js, &settings, 1).await
     else {
-        panic!("{event:?}")
+        panic!("not PackageInvalid")
     };
-    assert_eq!(package, &*dir.to_string_lossy());
+    assert_eq!(package, dir.to_string_lossy());
     assert!(file.ends_with("late/agent.toml"), "{file}");
-    assert_eq!((*line, field.as_str()), (Some(7), "heartbeat.timeout"));
+    assert_eq!((line, field.as_str()), (Some(7), "heartbeat.timeout"));
     assert_eq!(
         message,
         "must be at least `heartbeat.interval` (5s), got 1s"
     );
     assert!(agent_ids.is_empty(), "unknown: the manifest was refused");
     assert_eq!(server, "node-a");
-    assert!((chrono::Utc::now() - *at).num_seconds() < 60);
+    assert!((chrono::Utc::now() - at).num_seconds() < 60);
 
     // The same error again: nothing new. A restarted discovery (empty
     // memo) tells it again.
     discovery.scan().await.unwrap();
     assert_eq!(package_messages(&js, &settings).await.len(), 1);
     Discovery::new(store.clone(), config).scan().await.unwrap();
-    let messages = package_messages(&js, &settings).await;
-    assert_eq!(messages.len(), 2);
-    assert_eq!(messages[1].1.kind(), "invalid");
+    assert_eq!(last_message(&js, &settings, 2).await.kind(), "invalid");
 
     // Fixed: the agent registers and the alert can be cleared.
     write(&dir, &[("agent.toml", &fixed)]);
     let report = discovery.scan().await.unwrap();
     assert!(report.invalid.is_empty());
     assert!(registered(&store, "late").await);
-    let messages = package_messages(&js, &settings).await;
-    assert_eq!(messages.len(), 3, "{messages:?}");
-    let (subject, event) = &messages[2];
-    assert_eq!(subject, &format!("{}.valid", settings.subject_prefix));
     let PackageEvent::PackageValid {
         package,
         agent_ids,
         gone,
         server,
         ..
-    } = event
+    } = last_message(&js, &settings, 3).await
     else {
-        panic!("{event:?}")
+        panic!("not PackageValid")
     };
-    assert_eq!(package, &*dir.to_string_lossy());
+    assert_eq!(package, dir.to_string_lossy());
     assert_eq!(
-        (agent_ids.as_slice(), *gone),
-        (&["late".to_owned()][..], false)
+        (agent_ids, gone, server.as_str()),
+        (vec!["late".to_owned()], false, "node-a")
     );
-    assert_eq!(server, "node-a");
     discovery.scan().await.unwrap();
     assert_eq!(package_messages(&js, &settings).await.len(), 3);
 
@@ -895,12 +899,11 @@ async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
     // dropped as a duplicate), naming the agent registered from it.
     write(&dir, &[("agent.toml", &broken)]);
     discovery.scan().await.unwrap();
-    let messages = package_messages(&js, &settings).await;
-    assert_eq!(messages.len(), 4, "{messages:?}");
-    let PackageEvent::PackageInvalid { agent_ids, .. } = &messages[3].1 else {
-        panic!("{messages:?}")
+    let PackageEvent::PackageInvalid { agent_ids, .. } = last_message(&js, &settings, 4).await
+    else {
+        panic!("not PackageInvalid")
     };
-    assert_eq!(agent_ids, &["late".to_owned()]);
+    assert_eq!(agent_ids, ["late"]);
 
     let _ = js.delete_stream(&settings.name).await;
     db.cleanup().await;

@@ -37,7 +37,7 @@ impl Default for StreamSettings {
 impl StreamSettings {
     /// Settings with a distinct name and prefix, e.g. for one test.
     pub fn isolated(tag: &str) -> Self {
-        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        let tag = token(tag);
         Self {
             name: format!("OPMAS_EVENTS_{}", tag.to_uppercase()),
             subject_prefix: format!("opmas_{tag}.events"),
@@ -58,13 +58,13 @@ impl StreamSettings {
     /// The stream configuration; `create_or_update` makes this idempotent.
     pub fn config(&self) -> stream::Config {
         stream::Config {
-            name: self.name.clone(),
-            subjects: vec![format!("{}.>", self.subject_prefix)],
-            num_replicas: self.replicas,
-            max_age: self.max_age,
             duplicate_window: self.duplicate_window,
-            storage: stream::StorageType::File,
-            ..Default::default()
+            ..file_stream(
+                &self.name,
+                &self.subject_prefix,
+                self.replicas,
+                self.max_age,
+            )
         }
     }
 
@@ -74,6 +74,23 @@ impl StreamSettings {
             .await
             .map_err(Error::nats)?;
         js.get_stream(&self.name).await.map_err(Error::nats)
+    }
+}
+
+/// `tag` made fit for stream names and subject tokens.
+fn token(tag: &str) -> String {
+    tag.replace(['.', '-', ' ', '*', '>'], "_")
+}
+
+/// A file-backed stream of the subjects under `prefix`.
+fn file_stream(name: &str, prefix: &str, replicas: usize, max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        num_replicas: replicas,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
     }
 }
 
@@ -132,7 +149,7 @@ impl Default for TelemetrySettings {
 impl TelemetrySettings {
     /// Settings with distinct names and prefixes, e.g. for one test.
     pub fn isolated(tag: &str) -> Self {
-        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        let tag = token(tag);
         Self {
             metrics_stream: format!("OPMAS_METRICS_{}", tag.to_uppercase()),
             metrics_prefix: format!("opmas_{tag}.metrics"),
@@ -161,13 +178,8 @@ impl TelemetrySettings {
             (&self.logs_stream, &self.logs_prefix, self.logs_max_bytes),
         ] {
             js.create_or_update_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                num_replicas: self.replicas,
-                max_age: self.max_age,
                 max_bytes,
-                storage: stream::StorageType::File,
-                ..Default::default()
+                ..file_stream(name, prefix, self.replicas, self.max_age)
             })
             .await
             .map_err(Error::nats)?;
@@ -209,7 +221,7 @@ impl Default for PackageEventSettings {
 impl PackageEventSettings {
     /// Settings with a distinct name and prefix, e.g. for one test.
     pub fn isolated(tag: &str) -> Self {
-        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        let tag = token(tag);
         Self {
             name: format!("OPMAS_PACKAGES_{}", tag.to_uppercase()),
             subject_prefix: format!("opmas_{tag}.packages"),
@@ -225,13 +237,13 @@ impl PackageEventSettings {
     /// Creates the stream, or updates it to these settings.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), Error> {
         js.create_or_update_stream(stream::Config {
-            name: self.name.clone(),
-            subjects: vec![format!("{}.>", self.subject_prefix)],
-            num_replicas: self.replicas,
-            max_age: self.max_age,
             duplicate_window: self.duplicate_window,
-            storage: stream::StorageType::File,
-            ..Default::default()
+            ..file_stream(
+                &self.name,
+                &self.subject_prefix,
+                self.replicas,
+                self.max_age,
+            )
         })
         .await
         .map_err(Error::nats)?;
