@@ -105,6 +105,25 @@ pub struct Global {
     /// Max age of the metrics and logs streams.
     #[arg(long, global = true, env = "OPMAS_TELEMETRY_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub telemetry_max_age: Duration,
+    /// Stream of package discovery's reports (`PackageInvalid`, `PackageValid`).
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_PACKAGES_STREAM",
+        default_value = "OPMAS_PACKAGES"
+    )]
+    pub packages_stream: String,
+    /// Subject prefix of package reports (`<prefix>.invalid`, `<prefix>.valid`).
+    #[arg(
+        long,
+        global = true,
+        env = "OPMAS_PACKAGES_SUBJECT_PREFIX",
+        default_value = "opmas.packages"
+    )]
+    pub packages_subject_prefix: String,
+    /// Max age of the packages stream.
+    #[arg(long, global = true, env = "OPMAS_PACKAGES_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub packages_max_age: Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, global = true, env = "OPMAS_LOG", default_value = "info")]
     pub log: String,
@@ -533,6 +552,19 @@ impl Global {
             logs_prefix: self.logs_subject_prefix.clone(),
             max_age: self.telemetry_max_age,
             logs_max_bytes: self.logs_max_bytes,
+            replicas: self.events_replicas,
+        }
+    }
+}
+
+impl Global {
+    /// The packages stream settings from the options.
+    pub fn packages(&self) -> opmas_store::PackageEventSettings {
+        opmas_store::PackageEventSettings {
+            name: self.packages_stream.clone(),
+            subject_prefix: self.packages_subject_prefix.clone(),
+            max_age: self.packages_max_age,
+            duplicate_window: self.events_duplicate_window,
             replicas: self.events_replicas,
         }
     }

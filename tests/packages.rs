@@ -16,7 +16,7 @@ use common::*;
 use futures::StreamExt;
 use opmas_domain::telemetry::Heartbeat;
 use opmas_domain::{Health, ProcessStatus};
-use opmas_store::{AgentStore, TelemetrySettings};
+use opmas_store::{AgentStore, PackageEventSettings, TelemetrySettings};
 use serde_json::json;
 
 fn write_package(root: &std::path::Path, name: &str) {
@@ -30,7 +30,20 @@ fn write_package(root: &std::path::Path, name: &str) {
     std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The packages stream of a test whose events stream is `events`.
+fn packages(events: &opmas_store::StreamSettings) -> PackageEventSettings {
+    PackageEventSettings::isolated(&events.name)
+}
+
+/// Deletes the test's events and packages streams.
+async fn delete_streams(client: &async_nats::Client, events: &opmas_store::StreamSettings) {
+    delete_stream(client, events).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let _ = js.delete_stream(&packages(events).name).await;
+}
+
 fn opmas(db: &TestDb, events: &opmas_store::StreamSettings) -> tokio::process::Command {
+    let packages = packages(events);
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_opmas"));
     cmd.env("OPMAS_DATABASE_URL", &db.url)
         .env("OPMAS_NATS_URL", nats_url())
@@ -41,6 +54,10 @@ fn opmas(db: &TestDb, events: &opmas_store::StreamSettings) -> tokio::process::C
             &events.name,
             "--events-subject-prefix",
             &events.subject_prefix,
+            "--packages-stream",
+            &packages.name,
+            "--packages-subject-prefix",
+            &packages.subject_prefix,
         ])
         .kill_on_drop(true);
     cmd
@@ -133,7 +150,7 @@ async fn serve_discovers_packages_with_their_environment_and_variables() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--environment `../prod`"), "{err}");
 
-    delete_stream(&nats().await, &events).await;
+    delete_streams(&nats().await, &events).await;
     db.cleanup().await;
 }
 
@@ -213,7 +230,7 @@ impl Supervised {
         serve.kill().await.unwrap();
         drop(self.tmp);
         let client = nats().await;
-        delete_stream(&client, &self.events).await;
+        delete_streams(&client, &self.events).await;
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(&self.telemetry.logs_stream).await;
         let _ = js.delete_stream(&self.telemetry.metrics_stream).await;

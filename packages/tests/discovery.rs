@@ -4,7 +4,8 @@
 //! updates the spec, config layer edits become config versions under the
 //! runtime values, invalid packages are reported and not registered,
 //! removed packages are reported and left registered; a secret the schema
-//! refuses is named, never shown.
+//! refuses is named, never shown; invalid packages, registered or not, are
+//! published once on the packages stream and cleared when fixed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,8 +18,8 @@ use common::{BASE, package, write};
 use opmas_domain::secret::SecretKey;
 use opmas_domain::{AgentCommand, AgentEvent, Health};
 use opmas_packages::ScanReport;
-use opmas_packages::discovery::{Config, Discovery};
-use opmas_store::AgentStore;
+use opmas_packages::discovery::{Config, Discovery, PackageEvent, PackageEvents};
+use opmas_store::{AgentStore, PackageEventSettings};
 use opmas_testkit::{TestDb, eventually};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,54 @@ async fn registered(store: &AgentStore, id: &str) -> bool {
         .load(id)
         .await
         .is_ok_and(|(agent, _)| agent.registered)
+}
+
+/// `config` publishing on a packages stream of the test's own (as
+/// `node-a`), a JetStream context and the stream's settings.
+async fn publishing(
+    config: Config,
+) -> (Config, async_nats::jetstream::Context, PackageEventSettings) {
+    let js = async_nats::jetstream::new(opmas_testkit::nats().await);
+    let settings = PackageEventSettings::isolated(&opmas_testkit::tag());
+    let events = PackageEvents::new(js.clone(), settings.clone(), "node-a".into());
+    let config = Config {
+        events: Some(events),
+        ..config
+    };
+    (config, js, settings)
+}
+
+/// Every message of the packages stream, with its subject, in order.
+async fn package_messages(
+    js: &async_nats::jetstream::Context,
+    settings: &PackageEventSettings,
+) -> Vec<(String, PackageEvent)> {
+    let Ok(mut stream) = js.get_stream(&settings.name).await else {
+        return Vec::new();
+    };
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut messages = Vec::new();
+    for sequence in 1..=last {
+        let m = stream.get_raw_message(sequence).await.unwrap();
+        let event = serde_json::from_slice(&m.payload).unwrap();
+        messages.push((m.subject.to_string(), event));
+    }
+    messages
+}
+
+/// The last of the packages stream's messages, which must be `count`; each
+/// on the subject of its kind.
+async fn last_message(
+    js: &async_nats::jetstream::Context,
+    settings: &PackageEventSettings,
+    count: usize,
+) -> PackageEvent {
+    let messages = package_messages(js, settings).await;
+    assert_eq!(messages.len(), count, "{messages:?}");
+    for (subject, event) in &messages {
+        assert_eq!(subject, &settings.subject(event.kind()));
+    }
+    messages.into_iter().last().unwrap().1
 }
 
 async fn event_types(store: &AgentStore, id: &str) -> Vec<&'static str> {
@@ -534,8 +583,9 @@ impl Logs {
 }
 
 /// A registered package whose `x-secret` config field turns into a value
-/// its schema refuses: the report, the log line and the `ErrorRecorded`
-/// event name the field and what is wrong, and hold no trace of the value.
+/// its schema refuses: the report, the log line, the `ErrorRecorded` event
+/// and the `PackageInvalid` message name the field and what is wrong, and
+/// hold no trace of the value.
 #[tokio::test]
 async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     let db = TestDb::new().await;
@@ -551,13 +601,12 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
         &[("config/base.toml", "key = \"long-enough-s3cret\"\n")],
     );
     let key = opmas_domain::secret::SecretKey::generate().unwrap();
-    let discovery = Discovery::new(
-        store.clone(),
-        Config {
-            secret_key: Some(Arc::new(key)),
-            ..config(&root)
-        },
-    );
+    let (config, js, settings) = publishing(Config {
+        secret_key: Some(Arc::new(key)),
+        ..config(&root)
+    })
+    .await;
+    let discovery = Discovery::new(store.clone(), config);
     assert_eq!(discovery.scan().await.unwrap().registered.len(), 1);
 
     write(&web, &[("config/base.toml", "key = \"hunt3r7\"\n")]);
@@ -592,13 +641,22 @@ async fn a_secret_the_schema_refuses_is_reported_without_its_value() {
     let recorded = serde_json::to_string(&recorded.payload).unwrap();
     assert!(recorded.contains("`config.key`"), "{recorded}");
     let reported = serde_json::to_string(&report).unwrap();
+    let message = last_message(&js, &settings, 1).await;
+    let PackageEvent::PackageInvalid { agent_ids, .. } = &message else {
+        panic!("{message:?}")
+    };
+    assert_eq!(agent_ids, &["web"]);
+    let published = serde_json::to_string(&message).unwrap();
+    assert!(published.contains("config.key"), "{published}");
     for (what, text) in [
         ("report", &reported),
         ("log", &logged),
         ("event", &recorded),
+        ("message", &published),
     ] {
         assert!(!text.contains("hunt3r7"), "{what} shows the secret: {text}");
     }
+    let _ = js.delete_stream(&settings.name).await;
     db.cleanup().await;
 }
 
@@ -765,5 +823,88 @@ async fn config_layer_edits_become_versions_under_runtime_values() {
             .unwrap()
             .starts_with("opmas:sealed:")
     );
+    db.cleanup().await;
+}
+
+/// A new package that never registered (its manifest refused) is published
+/// as `PackageInvalid` with where and why; rescans publish nothing new, a
+/// restarted discovery tells it again, the fix registers the agent and
+/// publishes `PackageValid`, and breaking it again is published again.
+#[tokio::test]
+async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
+    let (db, store, _tmp, root) = setup().await;
+    let (config, js, settings) = publishing(config(&root)).await;
+    let fixed = BASE.replace("\"web\"", "\"late\"");
+    let broken = format!("{fixed}[heartbeat]\ninterval = \"5s\"\ntimeout = \"1s\"\n");
+    let dir = package(&root, "late", &broken);
+    let discovery = Discovery::new(store.clone(), config.clone());
+    assert_eq!(discovery.scan().await.unwrap().invalid.len(), 1);
+    assert!(!registered(&store, "late").await);
+
+    let PackageEvent::PackageInvalid {
+        package,
+        file,
+        line,
+        field,
+        message,
+        agent_ids,
+        server,
+        at,
+    } = last_message(&js, &settings, 1).await
+    else {
+        panic!("not PackageInvalid")
+    };
+    assert_eq!(package, dir.to_string_lossy());
+    assert!(file.ends_with("late/agent.toml"), "{file}");
+    assert_eq!((line, field.as_str()), (Some(7), "heartbeat.timeout"));
+    assert_eq!(
+        message,
+        "must be at least `heartbeat.interval` (5s), got 1s"
+    );
+    assert!(agent_ids.is_empty(), "unknown: the manifest was refused");
+    assert_eq!(server, "node-a");
+    assert!((chrono::Utc::now() - at).num_seconds() < 60);
+
+    // The same error again: nothing new. A restarted discovery (empty
+    // memo) tells it again.
+    discovery.scan().await.unwrap();
+    assert_eq!(package_messages(&js, &settings).await.len(), 1);
+    Discovery::new(store.clone(), config).scan().await.unwrap();
+    assert_eq!(last_message(&js, &settings, 2).await.kind(), "invalid");
+
+    // Fixed: the agent registers and the alert can be cleared.
+    write(&dir, &[("agent.toml", &fixed)]);
+    let report = discovery.scan().await.unwrap();
+    assert!(report.invalid.is_empty());
+    assert!(registered(&store, "late").await);
+    let PackageEvent::PackageValid {
+        package,
+        agent_ids,
+        gone,
+        server,
+        ..
+    } = last_message(&js, &settings, 3).await
+    else {
+        panic!("not PackageValid")
+    };
+    assert_eq!(package, dir.to_string_lossy());
+    assert_eq!(
+        (agent_ids, gone, server.as_str()),
+        (vec!["late".to_owned()], false, "node-a")
+    );
+    discovery.scan().await.unwrap();
+    assert_eq!(package_messages(&js, &settings).await.len(), 3);
+
+    // Broken again the same way, now registered: published again (not
+    // dropped as a duplicate), naming the agent registered from it.
+    write(&dir, &[("agent.toml", &broken)]);
+    discovery.scan().await.unwrap();
+    let PackageEvent::PackageInvalid { agent_ids, .. } = last_message(&js, &settings, 4).await
+    else {
+        panic!("not PackageInvalid")
+    };
+    assert_eq!(agent_ids, ["late"]);
+
+    let _ = js.delete_stream(&settings.name).await;
     db.cleanup().await;
 }

@@ -74,7 +74,12 @@ pub async fn start(
         let s = super::supervisor::spawn(store.clone(), client.clone(), config, cancel.clone())?;
         tasks.push(tokio::spawn(async move { Ok(s.await??) }));
     }
-    let discovery = discovery(args, key.clone(), &store, cancel, &mut tasks)?;
+    let events = opmas_packages::discovery::PackageEvents::new(
+        async_nats::jetstream::new(client.clone()),
+        global.packages(),
+        super::supervisor::node_name(&args.supervisor),
+    );
+    let discovery = discovery(args, key.clone(), events, &store, cancel, &mut tasks)?;
     if args.roles.contains(&Role::Api) {
         let mut config = api_config(global, &args.api)?;
         config.secret_key = key;
@@ -113,10 +118,12 @@ pub async fn start(
 }
 
 /// Starts package discovery when package roots are configured (whatever
-/// the roles); the API's `POST /agents/discover` shares it.
+/// the roles); the API's `POST /agents/discover` shares it. It reports on
+/// the packages stream through `events`.
 fn discovery(
     args: &ServeArgs,
     key: Option<Arc<SecretKey>>,
+    events: opmas_packages::discovery::PackageEvents,
     store: &AgentStore,
     cancel: &CancellationToken,
     tasks: &mut Vec<Task>,
@@ -126,6 +133,7 @@ fn discovery(
     }
     let mut config = args.packages.discovery();
     config.secret_key = key;
+    config.events = Some(events);
     if !config
         .environment
         .chars()

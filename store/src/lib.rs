@@ -32,4 +32,4 @@ pub use error::Error;
 pub use event_store::PgEventStore;
 pub use notify::OutboxNotifier;
 pub use relay::{Relay, RelayConfig};
-pub use stream::{StreamSettings, TelemetrySettings};
+pub use stream::{PackageEventSettings, StreamSettings, TelemetrySettings};

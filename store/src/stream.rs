@@ -37,7 +37,7 @@ impl Default for StreamSettings {
 impl StreamSettings {
     /// Settings with a distinct name and prefix, e.g. for one test.
     pub fn isolated(tag: &str) -> Self {
-        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        let tag = token(tag);
         Self {
             name: format!("OPMAS_EVENTS_{}", tag.to_uppercase()),
             subject_prefix: format!("opmas_{tag}.events"),
@@ -58,13 +58,13 @@ impl StreamSettings {
     /// The stream configuration; `create_or_update` makes this idempotent.
     pub fn config(&self) -> stream::Config {
         stream::Config {
-            name: self.name.clone(),
-            subjects: vec![format!("{}.>", self.subject_prefix)],
-            num_replicas: self.replicas,
-            max_age: self.max_age,
             duplicate_window: self.duplicate_window,
-            storage: stream::StorageType::File,
-            ..Default::default()
+            ..file_stream(
+                &self.name,
+                &self.subject_prefix,
+                self.replicas,
+                self.max_age,
+            )
         }
     }
 
@@ -74,6 +74,23 @@ impl StreamSettings {
             .await
             .map_err(Error::nats)?;
         js.get_stream(&self.name).await.map_err(Error::nats)
+    }
+}
+
+/// `tag` made fit for stream names and subject tokens.
+fn token(tag: &str) -> String {
+    tag.replace(['.', '-', ' ', '*', '>'], "_")
+}
+
+/// A file-backed stream of the subjects under `prefix`.
+fn file_stream(name: &str, prefix: &str, replicas: usize, max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        num_replicas: replicas,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
     }
 }
 
@@ -132,7 +149,7 @@ impl Default for TelemetrySettings {
 impl TelemetrySettings {
     /// Settings with distinct names and prefixes, e.g. for one test.
     pub fn isolated(tag: &str) -> Self {
-        let tag = tag.replace(['.', '-', ' ', '*', '>'], "_");
+        let tag = token(tag);
         Self {
             metrics_stream: format!("OPMAS_METRICS_{}", tag.to_uppercase()),
             metrics_prefix: format!("opmas_{tag}.metrics"),
@@ -161,17 +178,75 @@ impl TelemetrySettings {
             (&self.logs_stream, &self.logs_prefix, self.logs_max_bytes),
         ] {
             js.create_or_update_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                num_replicas: self.replicas,
-                max_age: self.max_age,
                 max_bytes,
-                storage: stream::StorageType::File,
-                ..Default::default()
+                ..file_stream(name, prefix, self.replicas, self.max_age)
             })
             .await
             .map_err(Error::nats)?;
         }
+        Ok(())
+    }
+}
+
+/// Settings of the `OPMAS_PACKAGES` stream: what package discovery reports
+/// (`PackageInvalid` on `<prefix>.invalid`, `PackageValid` on
+/// `<prefix>.valid`; docs/packages.md). Age-limited: the scan report and
+/// the next start of discovery tell the current state again.
+#[derive(Debug, Clone)]
+pub struct PackageEventSettings {
+    /// Stream name (`OPMAS_PACKAGES`).
+    pub name: String,
+    /// Subject prefix (`opmas.packages`).
+    pub subject_prefix: String,
+    /// Max age of messages.
+    pub max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    pub duplicate_window: Duration,
+    /// Replicas.
+    pub replicas: usize,
+}
+
+impl Default for PackageEventSettings {
+    fn default() -> Self {
+        Self {
+            name: "OPMAS_PACKAGES".into(),
+            subject_prefix: "opmas.packages".into(),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl PackageEventSettings {
+    /// Settings with a distinct name and prefix, e.g. for one test.
+    pub fn isolated(tag: &str) -> Self {
+        let tag = token(tag);
+        Self {
+            name: format!("OPMAS_PACKAGES_{}", tag.to_uppercase()),
+            subject_prefix: format!("opmas_{tag}.packages"),
+            ..Self::default()
+        }
+    }
+
+    /// Subject of a message of `kind` (`invalid`, `valid`).
+    pub fn subject(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.subject_prefix)
+    }
+
+    /// Creates the stream, or updates it to these settings.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), Error> {
+        js.create_or_update_stream(stream::Config {
+            duplicate_window: self.duplicate_window,
+            ..file_stream(
+                &self.name,
+                &self.subject_prefix,
+                self.replicas,
+                self.max_age,
+            )
+        })
+        .await
+        .map_err(Error::nats)?;
         Ok(())
     }
 }

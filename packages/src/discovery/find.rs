@@ -16,6 +16,8 @@ pub(super) struct Found {
     pub invalid: Vec<(PathBuf, Invalid)>,
     /// Canonical roots that could be read.
     pub roots: Vec<PathBuf>,
+    /// The agent ids of every package that could be read (refused later or not).
+    pub defines: BTreeMap<PathBuf, Vec<String>>,
 }
 
 /// Reads every package under the roots, then refuses duplicate agent ids
@@ -30,6 +32,7 @@ pub(super) fn find(config: &Config) -> Found {
         packages: Vec::new(),
         invalid: Vec::new(),
         roots: Vec::new(),
+        defines: BTreeMap::new(),
     };
     for root in &config.roots {
         let canonical = match root.canonicalize() {
@@ -73,7 +76,11 @@ pub(super) fn find(config: &Config) -> Found {
                         .push((dir.clone(), Invalid::new(&dir, None, "", why)));
                 }
                 _ => match Package::load(&dir, context) {
-                    Ok(package) => found.packages.push(package),
+                    Ok(package) => {
+                        let ids = package.agents.iter().map(|(id, _)| id.to_string());
+                        found.defines.insert(package.dir.clone(), ids.collect());
+                        found.packages.push(package);
+                    }
                     Err(invalid) => found.invalid.push((dir, invalid)),
                 },
             }

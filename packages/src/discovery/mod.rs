@@ -5,11 +5,14 @@
 //! version changed, gives agents a new config version when their package's
 //! config layers (files, `OPMAS_AGENT_*` variables) changed (runtime values
 //! set through the API stay on top), reports invalid packages (log,
-//! `ErrorRecorded` on agents already registered from them, and the report)
-//! and reports removed packages without deregistering anything. See
-//! `plan.rs` (what to do per agent) and `scan.rs` (doing it).
+//! `ErrorRecorded` on agents already registered from them, a message on the
+//! `OPMAS_PACKAGES` stream, and the report) and reports removed packages
+//! without deregistering anything. See `plan.rs` (what to do per agent),
+//! `scan.rs` (doing it) and `events.rs` (the stream's messages).
 
+mod events;
 mod find;
+mod notice;
 mod plan;
 mod scan;
 mod watch;
@@ -27,6 +30,8 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::report::ScanReport;
+
+pub use events::{PackageEvent, PackageEvents};
 
 /// Settings of [`Discovery`].
 #[derive(Debug, Clone)]
@@ -48,6 +53,8 @@ pub struct Config {
     /// Seals the packages' secrets before they are registered (ADR 0004);
     /// `None`: a package with secrets is reported invalid.
     pub secret_key: Option<Arc<opmas_domain::secret::SecretKey>>,
+    /// Publishes `PackageInvalid` / `PackageValid` (ADR 0006); `None`: off.
+    pub events: Option<PackageEvents>,
 }
 
 impl Default for Config {
@@ -61,6 +68,7 @@ impl Default for Config {
             actor: "discovery".to_owned(),
             autostart: false,
             secret_key: None,
+            events: None,
         }
     }
 }
@@ -73,6 +81,11 @@ struct Memo {
     /// Agents already reported removed.
     removed: BTreeSet<String>,
     scans: u64,
+    /// Package messages the stream has not acknowledged yet (the latest per
+    /// package directory).
+    unsent: BTreeMap<PathBuf, events::Outgoing>,
+    /// The packages stream was created.
+    stream_ready: bool,
 }
 
 struct Inner {

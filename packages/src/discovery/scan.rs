@@ -2,24 +2,21 @@
 //! found with the registered agents and issues commands.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use opmas_domain::secret::{self, SealError};
 use opmas_domain::{
-    Agent, AgentCommand, AgentError, AgentEvent, AgentId, AgentSpec, EventMetadata, Severity,
+    Agent, AgentCommand, AgentError, AgentEvent, AgentId, AgentSpec, EventMetadata,
 };
 use opmas_store::{AgentStore, CommandError};
-use serde_json::json;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::find::{Found, at_field, refuse_cycles};
 use super::plan::{Step, plan};
-use super::{Config, Memo};
-use crate::error::{Error, Invalid};
+use super::{Config, Memo, notice};
+use crate::error::Error;
 use crate::package::Package;
-use crate::report::{
-    AgentEntry, ConfigChange, InvalidPackage, Removed, ScanReport, Unapplied, Updated,
-};
+use crate::report::{AgentEntry, ConfigChange, ScanReport, Unapplied, Updated};
 
 fn unavailable(e: CommandError) -> Error {
     Error::Unavailable(e.to_string())
@@ -53,6 +50,8 @@ pub(super) async fn apply(
     };
     let mut report = ScanReport::default();
     let mut defined: BTreeSet<String> = BTreeSet::new();
+    // Packages whose every agent this scan registered, updated or left as is.
+    let mut applied: BTreeSet<PathBuf> = BTreeSet::new();
     for package in std::mem::take(&mut found.packages) {
         let mut commands = Vec::new();
         let mut refusal = None;
@@ -80,7 +79,7 @@ pub(super) async fn apply(
             found.invalid.push((package.dir.clone(), invalid));
             continue;
         }
-        memo.errors.remove(&package.dir);
+        let mut refused = false;
         for (id, step) in commands {
             let outcome = act(store, &meta, &package, &id, step, &mut report).await?;
             if let Some(refusal) = outcome {
@@ -96,13 +95,22 @@ pub(super) async fn apply(
                     other => at_field(&package.dir, "", other.to_string()),
                 };
                 found.invalid.push((package.dir.clone(), invalid));
+                refused = true;
                 break;
             }
         }
+        if !refused {
+            applied.insert(package.dir.clone());
+        }
     }
-    report_invalid(store, &existing, memo, &found.invalid, &mut report, &meta).await;
-    report_removed(&existing, memo, &found, &defined, &mut report);
+    let events = config.events.as_ref();
+    notice::invalid(store, &existing, memo, &found, &mut report, events, &meta).await;
+    notice::cleared(memo, &found, &applied, events);
+    notice::removed(&existing, memo, &found, &defined, &mut report);
     report.sort();
+    if let Some(events) = events {
+        events.flush(&mut memo.stream_ready, &mut memo.unsent).await;
+    }
     if config.autostart {
         // Agents registered by this scan are started (`requires` still
         // orders them: the supervisor holds each until its requirements are
@@ -261,85 +269,4 @@ fn seal(config: &Config, spec: &AgentSpec) -> Result<AgentSpec, SealError> {
     let mut spec = secret::open_spec(key, spec)?;
     secret::seal_spec(key, &mut spec)?;
     Ok(spec)
-}
-
-/// Logs new errors, records them on agents registered from the package,
-/// and lists every invalid package in the report.
-async fn report_invalid(
-    store: &AgentStore,
-    existing: &HashMap<String, Agent>,
-    memo: &mut Memo,
-    invalid: &[(PathBuf, Invalid)],
-    report: &mut ScanReport,
-    meta: &impl Fn(String) -> HashMap<String, String>,
-) {
-    for (dir, why) in invalid {
-        report.invalid.push(InvalidPackage::new(dir, why));
-        let text = why.to_string();
-        if memo.errors.get(dir) == Some(&text) {
-            continue;
-        }
-        error!(package = %dir.display(), error = %text, "invalid package");
-        memo.errors.insert(dir.clone(), text.clone());
-        let dir_text = dir.to_string_lossy();
-        let owners = existing.iter().filter(|(_, a)| {
-            !a.deregistered
-                && a.spec.as_ref().and_then(|s| s.package_dir.as_deref()) == Some(&*dir_text)
-        });
-        for (id, _) in owners {
-            let command = AgentCommand::RecordError {
-                severity: Severity::Error,
-                category: "package".to_owned(),
-                error_type: "InvalidPackage".to_owned(),
-                message: text.clone(),
-                context: json!({"package": dir_text, "file": why.file, "line": why.line, "field": why.field}),
-            };
-            if let Err(e) = store
-                .execute(id, command, meta(format!("invalid package {dir_text}")))
-                .await
-            {
-                warn!(agent_id = %id, error = %e, "cannot record the package error");
-            }
-        }
-    }
-}
-
-/// Registered, live agents from under a root that no valid package defines
-/// any more (unless their package is there but invalid).
-fn report_removed(
-    existing: &HashMap<String, Agent>,
-    memo: &mut Memo,
-    found: &Found,
-    defined: &BTreeSet<String>,
-    report: &mut ScanReport,
-) {
-    let invalid_dirs: BTreeSet<String> = found
-        .invalid
-        .iter()
-        .filter_map(|(dir, _)| {
-            dir.canonicalize()
-                .ok()
-                .map(|d| d.to_string_lossy().into_owned())
-        })
-        .collect();
-    let mut still = BTreeSet::new();
-    for (id, agent) in existing {
-        let Some(dir) = agent.spec.as_ref().and_then(|s| s.package_dir.clone()) else {
-            continue;
-        };
-        let under_root = found.roots.iter().any(|r| Path::new(&dir).starts_with(r));
-        if agent.deregistered || !under_root || defined.contains(id) || invalid_dirs.contains(&dir)
-        {
-            continue;
-        }
-        if !memo.removed.contains(id) {
-            warn!(agent_id = %id, package = %dir, "package removed; the agent stays registered");
-        }
-        still.insert(id.clone());
-        report.removed.push(Removed {
-            agent_id: id.clone(),
-            package: dir,
-        });
-    }
-    memo.removed = still;
 }
