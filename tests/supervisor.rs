@@ -1431,12 +1431,16 @@ async fn exec_tcp_and_http_health_checks_drive_health() {
     let h = Harness::new().await;
     let dir = tempfile::tempdir().unwrap();
 
-    // exec: `test -f marker`
+    // exec: `test -f marker`, run with the agent's id and pid
     let marker = dir.path().join("ok");
     std::fs::write(&marker, "").unwrap();
     let exec = HealthCheck::Exec {
-        command: "test".into(),
-        args: vec!["-f".into(), marker.display().to_string()],
+        command: "sh".into(),
+        args: vec![
+            "-c".into(),
+            r#"test -f "$0" && test "$AGENT_ID" = by-exec && kill -0 "$AGENT_PID""#.into(),
+            marker.display().to_string(),
+        ],
     };
     h.register("by-exec", probed(exec, false)).await;
     // tcp: a listener the test opens and closes
@@ -1506,7 +1510,7 @@ async fn exec_tcp_and_http_health_checks_drive_health() {
     assert_eq!(changes.len(), 3, "one event per change: {changes:?}");
     assert!(
         changes[1].contains("2 health checks failed in a row")
-            && changes[1].contains("`test` exited"),
+            && changes[1].contains("`sh` exited"),
         "{changes:?}"
     );
     let tcp_events = h.events("by-tcp").await;

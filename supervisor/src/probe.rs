@@ -24,7 +24,7 @@ pub enum ProbeChange {
 /// Starts probing; stops when `cancel` fires or the receiver is dropped.
 pub fn spawn(
     spec: HealthCheckSpec,
-    path_var: String,
+    env: Vec<(String, String)>,
     working_dir: Option<String>,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<ProbeChange> {
@@ -42,7 +42,7 @@ pub fn spawn(
             }
             let outcome = match tokio::time::timeout(
                 timeout,
-                probe(&spec.check, &path_var, working_dir.as_deref()),
+                probe(&spec.check, &env, working_dir.as_deref()),
             )
             .await
             {
@@ -80,7 +80,7 @@ pub fn spawn(
 /// One probe: `Ok(what succeeded)` or `Err(why it failed)`.
 async fn probe(
     check: &HealthCheck,
-    path_var: &str,
+    env: &[(String, String)],
     working_dir: Option<&str>,
 ) -> Result<String, String> {
     match check {
@@ -93,7 +93,7 @@ async fn probe(
             let status = cmd
                 .args(args)
                 .env_clear()
-                .env("PATH", path_var)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

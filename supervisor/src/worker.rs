@@ -479,9 +479,16 @@ impl Worker {
                 .cloned()
                 .or_else(|| std::env::var("PATH").ok())
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            // Exec checks also learn whose check they are: one script can
+            // serve every instance of a package.
+            let env = vec![
+                ("PATH".to_owned(), path_var),
+                ("AGENT_ID".to_owned(), self.id.clone()),
+                ("AGENT_PID".to_owned(), proc.identity.pid.to_string()),
+            ];
             let rx = crate::probe::spawn(
                 spec.health_check.clone(),
-                path_var,
+                env,
                 spec.working_dir.clone(),
                 cancel.clone(),
             );
