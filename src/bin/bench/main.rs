@@ -16,11 +16,15 @@
 //!
 //! `cargo run --release --bin bench -- api` measures status throughput and
 //! the latency of listing 1,000 agents.
+//!
+//! `cargo run --release --bin bench -- packages` measures a package dropped
+//! into a watched root until its agent is registered.
 
 use clap::{Parser, Subcommand};
 
 mod api;
 mod common;
+mod packages;
 mod projections;
 mod spine;
 mod supervisor;
@@ -42,6 +46,8 @@ enum Which {
     Supervisor(supervisor::Args),
     /// Status throughput and list latency with 1,000 agents (issue: the API).
     Api(api::Args),
+    /// A package dropped into a watched root -> its agent registered (issue: packages).
+    Packages(packages::Args),
 }
 
 #[tokio::main]
@@ -55,5 +61,6 @@ async fn main() -> anyhow::Result<()> {
         Which::Projections(args) => projections::run(args).await,
         Which::Supervisor(args) => supervisor::run(args).await,
         Which::Api(args) => api::run(args).await,
+        Which::Packages(args) => packages::run(args).await,
     }
 }
