@@ -25,7 +25,22 @@ struct Harness {
     control_prefix: String,
     store: AgentStore,
     cancel: CancellationToken,
+    /// Kills what is left when the harness goes, even from a panicking test.
+    _reaper: Reaper,
     logs: tempfile::TempDir,
+}
+
+/// Stops the supervisor and kills every process still writing into the
+/// harness's logs when dropped.
+struct Reaper(std::path::PathBuf, CancellationToken);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.1.cancel();
+        for pid in writing_into(&self.0) {
+            let _ = opmas_supervisor::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 impl Harness {
@@ -58,6 +73,7 @@ impl Harness {
         .with_wake(notifier.subscribe());
         tokio::spawn(relay.run(cancel.clone()));
         let logs = tempfile::tempdir().unwrap();
+        let _reaper = Reaper(logs.path().to_path_buf(), cancel.clone());
         Self {
             db,
             client,
@@ -67,6 +83,7 @@ impl Harness {
             control_prefix: format!("opmas_{}.control", tag()),
             store,
             cancel,
+            _reaper,
             logs,
         }
     }
@@ -194,6 +211,11 @@ impl Harness {
                 let _ = opmas_supervisor::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // And any process the recorded pids miss (one spawned while the
+        // supervisor stopped): this harness's agents write into its logs.
+        for pid in writing_into(self.logs.path()) {
+            let _ = opmas_supervisor::signal::group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         delete_stream(&self.client, &self.settings).await;
         let js = async_nats::jetstream::new(self.client.clone());
         let _ = js.delete_stream(&self.telemetry.logs_stream).await;
@@ -209,6 +231,20 @@ fn sh(script: &str) -> AgentSpec {
     spec.restart.initial_delay_ms = 20;
     spec.stop_grace_ms = 2_000;
     spec
+}
+
+/// Processes whose stdout is a file under `dir`.
+fn writing_into(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                .is_ok_and(|target| target.starts_with(dir))
+        })
+        .collect()
 }
 
 fn alive(pid: u32) -> bool {
