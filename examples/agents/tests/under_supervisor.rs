@@ -318,15 +318,17 @@ async fn host_health_publishes_host_metrics() {
     h.finish().await;
 }
 
-/// The shell agent has no SDK and sends no heartbeats: its exec check
-/// (`check.sh`: did it tick lately?) makes it healthy, its lines reach
-/// OPMAS_LOGS; stopped with SIGSTOP (its process alive, its ticks gone) it
-/// turns critical and is restarted; it stops on SIGTERM by itself.
+/// The shell agent has no SDK and no NATS client, yet sends heartbeats (bash's
+/// /dev/tcp); its exec check (`check.sh`: did it tick lately?) makes it
+/// healthy, its lines reach OPMAS_LOGS; stopped with SIGSTOP (its process
+/// alive, its ticks gone) it turns critical and is restarted; it stops on
+/// SIGTERM by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shell_agent_is_healthy_by_its_check_and_restarted_when_it_hangs() {
     let h = Harness::start().await;
     let id = format!("shell-ticker-{}", h.tag);
     let mut lines = h.subscribe(h.telemetry.logs_subject(&id, "info")).await;
+    let mut heartbeats = h.heartbeats(&id).await;
     let (_package, mut spec) = package("shell-ticker", None, &[]);
     // A tick every half second instead of every 5 s; the rest as shipped.
     spec.env.insert("TICK_INTERVAL".into(), "0.5".into());
@@ -337,6 +339,12 @@ async fn shell_agent_is_healthy_by_its_check_and_restarted_when_it_hangs() {
         .pid
         .unwrap();
 
+    let sent = beats(&mut heartbeats, &id, 2).await;
+    assert!(
+        sent.iter()
+            .all(|b| b.status.as_deref().is_some_and(|s| s.starts_with("tick "))),
+        "{sent:?}"
+    );
     let mut ticks = 0;
     while ticks < 3 {
         let line: LogLine = next(&mut lines, "tick line").await;
@@ -345,11 +353,13 @@ async fn shell_agent_is_healthy_by_its_check_and_restarted_when_it_hangs() {
             ticks += 1;
         }
     }
+    // Healthy by whichever came first, its heartbeats or its check (the
+    // check's part shows when the agent hangs, below).
     let events = h.events(&id).await;
     assert!(
         events.iter().any(|e| matches!(e,
             AgentEvent::HealthChanged { to: Health::Healthy, reason, .. }
-                if reason.ends_with("check.sh` succeeded"))),
+                if reason == "heartbeats resumed" || reason.ends_with("check.sh` succeeded"))),
         "{events:?}"
     );
     assert!(
