@@ -56,13 +56,22 @@ async fn publishing(
     config: Config,
 ) -> (Config, async_nats::jetstream::Context, PackageEventSettings) {
     let js = async_nats::jetstream::new(opmas_testkit::nats().await);
+    let (config, settings) = publishing_on(config, js.clone());
+    (config, js, settings)
+}
+
+/// `config` publishing through `js` on a packages stream of the test's own.
+fn publishing_on(
+    config: Config,
+    js: async_nats::jetstream::Context,
+) -> (Config, PackageEventSettings) {
     let settings = PackageEventSettings::isolated(&opmas_testkit::tag());
-    let events = PackageEvents::new(js.clone(), settings.clone(), "node-a".into());
+    let events = PackageEvents::new(js, settings.clone(), "node-a".into());
     let config = Config {
         events: Some(events),
         ..config
     };
-    (config, js, settings)
+    (config, settings)
 }
 
 /// Every message of the packages stream, with its subject, in order.
@@ -906,5 +915,48 @@ async fn invalid_packages_are_published_once_and_cleared_when_fixed() {
     assert_eq!(agent_ids, ["late"]);
 
     let _ = js.delete_stream(&settings.name).await;
+    db.cleanup().await;
+}
+
+/// A package message that cannot be published (the NATS server is down)
+/// fails nothing: the scan reports as usual, and the message goes out at the
+/// first scan after the server is back, once.
+#[tokio::test]
+async fn a_package_message_not_published_is_sent_at_a_later_scan() {
+    let (db, store, tmp, root) = setup().await;
+    let mut server = opmas_embedded::NatsServer::start(&tmp.path().join("nats"))
+        .await
+        .unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let (config, settings) = publishing_on(config(&root), js.clone());
+    let broken = |name: &str| {
+        let manifest = BASE.replace("\"web\"", &format!("\"{name}\""));
+        format!("{manifest}[heartbeat]\ninterval = \"5s\"\ntimeout = \"1s\"\n")
+    };
+    package(&root, "first", &broken("first"));
+    let discovery = Discovery::new(store.clone(), config);
+    discovery.scan().await.unwrap();
+    assert_eq!(package_messages(&js, &settings).await.len(), 1);
+
+    server.stop().await;
+    package(&root, "second", &broken("second"));
+    let report = discovery.scan().await.unwrap();
+    assert_eq!(report.invalid.len(), 2, "reported without the stream");
+
+    server.restart().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            discovery.scan().await.unwrap();
+            package_messages(&js, &settings).await.len() >= 2
+        })
+        .await,
+        "the second package's message was never sent"
+    );
+    discovery.scan().await.unwrap();
+    let PackageEvent::PackageInvalid { package, .. } = last_message(&js, &settings, 2).await else {
+        panic!("not PackageInvalid")
+    };
+    assert!(package.ends_with("/second"), "{package}");
     db.cleanup().await;
 }
