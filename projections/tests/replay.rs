@@ -28,7 +28,7 @@ async fn fill(store: &AgentStore, agents: usize, per_agent: usize) {
     }
 }
 
-/// The projector is aborted while batches are in flight (its transaction
+/// The projector is killed while batches are in flight (its transaction
 /// dies with it, its messages stay unacked), then started again on the
 /// same durable consumer: the models equal a full rebuild, and a replay
 /// (rebuild + swap) leaves them byte for byte the same.
@@ -40,7 +40,7 @@ async fn consumer_killed_mid_batch_then_restarted_equals_a_full_replay() {
         batch: 20,
         ..streams.config()
     };
-    let first = streams.projector(&db, config.clone(), &cancel);
+    let first = streams.projector_elsewhere(&db, config.clone());
     let some = eventually(Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar("select count(*) from agent_status_history")
             .fetch_one(&db.pool)
@@ -50,8 +50,7 @@ async fn consumer_killed_mid_batch_then_restarted_equals_a_full_replay() {
     })
     .await;
     assert!(some);
-    first.abort();
-    let _ = first.await;
+    first.kill();
     let partial: i64 =
         sqlx::query_scalar("select coalesce(sum(last_sequence), 0)::bigint from agent_status")
             .fetch_one(&db.pool)
@@ -71,6 +70,37 @@ async fn consumer_killed_mid_batch_then_restarted_equals_a_full_replay() {
     assert_eq!(replayed, 1_000);
     assert_eq!(live_checksums(&db.pool).await, before);
 
+    finish(cancel, vec![relay, second], streams, db).await;
+}
+
+/// A projector that dies while idle leaves its pull request waiting on the
+/// server (30 s, the client's default). New events must not go to that dead
+/// request meanwhile (the server drops a request whose inbox lost its
+/// interest; the next run then sees no gap and catches up at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_run_s_waiting_pull_request_does_not_hold_new_events() {
+    let (db, streams, cancel, relay) = relayed_thousand_events().await;
+    let config = streams.config();
+    let first = streams.projector(&db, config.clone(), &cancel);
+    wait_caught_up(&db.pool).await;
+    // Idle now: its pull request waits for the next message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.abort();
+    let _ = first.await;
+
+    let second = streams.projector(&db, config, &cancel);
+    let store = AgentStore::new(db.pool.clone());
+    for n in 0..20 {
+        let id = format!("agent-{}", n % 4);
+        store
+            .execute(&id, record_error(n), meta("t"))
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || caught_up(&db.pool)).await,
+        "new events waited for the dead run's pull request"
+    );
     finish(cancel, vec![relay, second], streams, db).await;
 }
 

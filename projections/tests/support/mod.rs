@@ -24,6 +24,11 @@ pub struct Streams {
 
 impl Streams {
     pub async fn new() -> Self {
+        // OPMAS_TEST_LOG=opmas_projections=debug shows what the projector did.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("OPMAS_TEST_LOG"))
+            .with_test_writer()
+            .try_init();
         let t = tag();
         let client = async_nats::connect(nats_url()).await.unwrap();
         // JetStream reserves max_bytes per stream: keep test streams small.
@@ -94,6 +99,41 @@ impl Streams {
         let projector = Projector::new(db.pool.clone(), self.client.clone(), config);
         let cancel = cancel.clone();
         tokio::spawn(async move { projector.run(cancel).await.unwrap() })
+    }
+}
+
+/// A projector in a runtime of its own, with its own pool and NATS
+/// connection: [`Elsewhere::kill`] ends it as a killed process ends, every
+/// socket closed, its transactions rolled back by the server. (Aborting a
+/// task instead leaves its pooled connections to the shared pool, one maybe
+/// cut in the middle of a query and holding row locks.)
+pub struct Elsewhere(tokio::runtime::Runtime);
+
+impl Streams {
+    pub fn projector_elsewhere(&self, db: &TestDb, config: Config) -> Elsewhere {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = db.url.clone();
+        rt.spawn(async move {
+            let pool = opmas_store::db::connect(&url, 8).await.unwrap();
+            let client = async_nats::connect(opmas_testkit::nats_url())
+                .await
+                .unwrap();
+            let _ = Projector::new(pool, client, config)
+                .run(CancellationToken::new())
+                .await;
+        });
+        Elsewhere(rt)
+    }
+}
+
+impl Elsewhere {
+    /// Drops everything the projector had, at once.
+    pub fn kill(self) {
+        self.0.shutdown_background();
     }
 }
 
